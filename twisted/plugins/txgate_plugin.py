@@ -1,0 +1,12 @@
+"""
+The twistd entry point: C{twistd txgate forward}.
+"""
+
+from twisted.application.service import ServiceMaker
+
+txgate = ServiceMaker(
+    "txgate",
+    "txgate.tap",
+    "A proxy for Lync / Skype for Business and everything else on port 443.",
+    "txgate",
+)

@@ -1,0 +1,20 @@
+# -*- test-case-name: tests.config.test_load -*-
+"""
+Configuration: TOML files validated into frozen attrs values.
+
+Pure: reads files and returns values or L{txgate.errors.ConfigErrors}; it never
+listens, connects or installs a reactor.
+"""
+
+from txgate.config._load import load_config, load_default_config, parse_config
+from txgate.config._model import Config, ServiceConfig, TxgateConfig, SERVICE_KINDS
+
+__all__ = [
+    "Config",
+    "ServiceConfig",
+    "TxgateConfig",
+    "SERVICE_KINDS",
+    "load_config",
+    "load_default_config",
+    "parse_config",
+]

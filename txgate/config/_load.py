@@ -1,0 +1,311 @@
+# -*- test-case-name: tests.config.test_load -*-
+"""
+Reading and validating TOML configuration.
+
+Every mistake in a file is collected, each naming the file, the key path and
+what was expected, so an operator fixes them all in one round.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from importlib import resources
+from typing import Any, Callable
+
+from twisted.internet.endpoints import serverFromString
+
+from txgate.config._model import (
+    DEFAULT_CLIENTS,
+    SERVICE_KINDS,
+    Config,
+    ServiceConfig,
+    TxgateConfig,
+)
+from txgate.errors import ConfigError, ConfigErrors
+
+__all__ = ["load_config", "load_default_config", "parse_config"]
+
+
+class _Bad(Exception):
+    """A value is wrong; the message says what was expected."""
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Bad(f"expected a string, got {_kind(value)}")
+    return value
+
+
+def _name(value: Any) -> str:
+    value = _string(value)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", value):
+        raise _Bad(
+            f"expected a name of letters, digits, '_', '.', '-' (at most 64), got {value!r}"
+        )
+    return value
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _Bad(f"expected a list of strings, got {_kind(value)}")
+    return tuple(value)
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Bad(f"expected true or false, got {_kind(value)}")
+    return value
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise _Bad(f"expected a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _header_size(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not (
+        1024 <= value <= 1 << 24
+    ):
+        raise _Bad(f"expected a whole number of bytes from 1024 to 16777216, got {value!r}")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise _Bad(f"expected one of {', '.join(map(repr, choices))}, got {value!r}")
+        return value
+
+    return check
+
+
+def _networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    out = []
+    for item in _strings(value):
+        try:
+            out.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise _Bad(f"expected IP addresses or CIDR networks, got {item!r}") from None
+    return tuple(out)
+
+
+def _endpoint(value: Any) -> str:
+    value = _string(value)
+    try:
+        _describe_listener(value)
+    except Exception as e:
+        hint = ""
+        if "interface=" in value and "::" in value and "\\:" not in value:
+            hint = " (escape colons in IPv6 addresses: interface=\\:\\:1)"
+        raise _Bad(f"bad endpoint string {value!r}: {e}{hint}") from None
+    return value
+
+
+def _kind(value: Any) -> str:
+    return {
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
+
+
+_TXGATE_KEYS: dict[str, Callable[[Any], Any]] = {
+    "state_dir": _string,
+    "plugin_path": _strings,
+    "access_log": _string,
+    "access_log_format": _choice("text", "json"),
+    "policy": _string,
+    "default_policy": _choice("allow", "deny"),
+    "required_plugins": _strings,
+}
+
+_SERVICE_KEYS: dict[str, Callable[[Any], Any]] = {
+    "name": _name,
+    "kind": _choice(*SERVICE_KINDS),
+    "listen": _endpoint,
+    "clients": _networks,
+    "idle_timeout": _seconds,
+    "connect_timeout": _seconds,
+    "max_header_size": _header_size,
+    "detect_protocol": _boolean,
+    "tunnel_on_protocol_error": _boolean,
+}
+_SERVICE_REQUIRED = ("name", "kind", "listen")
+
+
+class _Collector:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.errors: list[ConfigError] = []
+
+    def add(self, key: str, message: str) -> None:
+        self.errors.append(ConfigError(self.path, key, message))
+
+    def table(
+        self,
+        prefix: str,
+        table: Any,
+        keys: dict[str, Callable[[Any], Any]],
+    ) -> dict[str, Any]:
+        """Check every key of C{table}; return the converted values."""
+        if not isinstance(table, dict):
+            self.add(prefix, f"expected a table, got {_kind(table)}")
+            return {}
+        out = {}
+        for key, value in table.items():
+            where = f"{prefix}.{key}"
+            check = keys.get(key)
+            if check is None:
+                self.add(where, f"unknown key (known: {', '.join(sorted(keys))})")
+                continue
+            try:
+                out[key] = check(value)
+            except _Bad as e:
+                self.add(where, str(e))
+        return out
+
+
+def parse_config(text: str, path: str) -> Config:
+    """
+    Validate the TOML C{text} read from C{path}.
+
+    @raise ConfigErrors: with every mistake found.
+    """
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        line, column = _position(str(e))
+        message = re.sub(r"\s*\(at line \d+, column \d+\)$", "", str(e))
+        raise ConfigErrors(
+            (ConfigError(path, "", f"TOML syntax: {message}", line, column),)
+        ) from None
+    errors = _Collector(path)
+    for key in document:
+        if key not in ("txgate", "service"):
+            errors.add(key, "unknown section (known: txgate, service)")
+    txgate = TxgateConfig(**errors.table("txgate", document.get("txgate", {}), _TXGATE_KEYS))
+
+    services = []
+    raw_services = document.get("service", [])
+    if not isinstance(raw_services, list):
+        errors.add("service", "expected an array of tables ([[service]])")
+        raw_services = []
+    if not raw_services:
+        errors.add("service", "at least one [[service]] is needed")
+    for index, raw in enumerate(raw_services):
+        prefix = f"service[{index}]"
+        values = errors.table(prefix, raw, _SERVICE_KEYS)
+        missing = [k for k in _SERVICE_REQUIRED if k not in values and isinstance(raw, dict) and k not in raw]
+        for key in missing:
+            errors.add(f"{prefix}.{key}", "required key is missing")
+        if all(k in values for k in _SERVICE_REQUIRED):
+            values.setdefault("clients", _networks(list(DEFAULT_CLIENTS)))
+            services.append((prefix, ServiceConfig(**values)))
+
+    _check_unique_names(errors, services)
+    _check_overlaps(errors, services)
+    if errors.errors:
+        raise ConfigErrors(tuple(errors.errors))
+    return Config(path=path, txgate=txgate, services=tuple(s for _, s in services))
+
+
+def load_config(path: str) -> Config:
+    """
+    Read and validate the configuration file at C{path}.
+
+    @raise ConfigErrors: naming the file and each bad key.
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ConfigErrors((ConfigError(path, "", f"cannot read: {e.strerror}"),)) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigErrors((ConfigError(path, "", f"not UTF-8: {e}"),)) from None
+    return parse_config(text, path)
+
+
+def load_default_config() -> Config:
+    """
+    The embedded defaults C{make run} starts with: one explicit HTTP proxy on
+    127.0.0.1:8080 serving loopback and private networks.
+    """
+    text = resources.files("txgate").joinpath("defaults/forward.toml").read_text("utf-8")
+    return parse_config(text, "<defaults>")
+
+
+def _position(message: str) -> tuple[int | None, int | None]:
+    match = re.search(r"at line (\d+), column (\d+)", message)
+    if match is None:
+        return None, None
+    return int(match.group(1)), int(match.group(2))
+
+
+def _check_unique_names(errors: _Collector, services: list[tuple[str, ServiceConfig]]) -> None:
+    seen: dict[str, str] = {}
+    for prefix, service in services:
+        if service.name in seen:
+            errors.add(f"{prefix}.name", f"{service.name!r} is already the name of {seen[service.name]}")
+        else:
+            seen[service.name] = prefix
+
+
+def _check_overlaps(errors: _Collector, services: list[tuple[str, ServiceConfig]]) -> None:
+    seen: list[tuple[str, tuple[str, str, object]]] = []
+    for prefix, service in services:
+        mine = _describe_listener(service.listen)
+        if mine is None:
+            continue
+        for other_prefix, other in seen:
+            if _overlap(mine, other):
+                errors.add(
+                    f"{prefix}.listen",
+                    f"{service.listen!r} overlaps the listener of {other_prefix}",
+                )
+        seen.append((prefix, mine))
+
+
+_WILDCARDS = {"", "0.0.0.0", "::"}
+
+
+def _overlap(a: tuple[str, str, object], b: tuple[str, str, object]) -> bool:
+    family_a, host_a, port_a = a
+    family_b, host_b, port_b = b
+    if family_a == "unix" or family_b == "unix":
+        return family_a == family_b and port_a == port_b
+    if port_a != port_b or port_a == 0:
+        return False
+    return host_a == host_b or host_a in _WILDCARDS or host_b in _WILDCARDS
+
+
+class _NoReactor:
+    """
+    Stands in for a reactor while parsing endpoint strings: parsing needs one
+    as an argument but never calls it, and config validation must not install
+    the global reactor.
+    """
+
+
+def _describe_listener(description: str) -> tuple[str, str, object] | None:
+    """
+    Parse an endpoint string the way twistd will, and say which socket it
+    binds: C{(family, interface, port)}, or C{None} when unknowable (systemd).
+
+    @raise Exception: whatever Twisted's parser raises for a bad string.
+    """
+    endpoint = serverFromString(_NoReactor(), description)  # type: ignore[arg-type]
+    while hasattr(endpoint, "_wrappedEndpoint"):
+        endpoint = endpoint._wrappedEndpoint
+    if hasattr(endpoint, "_port") and hasattr(endpoint, "_interface"):
+        return ("tcp", endpoint._interface, endpoint._port)
+    if hasattr(endpoint, "_address") and isinstance(endpoint._address, str):
+        return ("unix", "", endpoint._address)
+    return None

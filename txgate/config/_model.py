@@ -1,0 +1,66 @@
+# -*- test-case-name: tests.config.test_load -*-
+"""
+The validated configuration values.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import attrs
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+SERVICE_KINDS = ("explicit-http",)
+"""Service kinds this version can run; the docs list what each does."""
+
+DEFAULT_CLIENTS = (
+    "127.0.0.0/8",
+    "::1/128",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "fc00::/7",
+)
+"""Loopback and private networks: txgate is never an open proxy by default."""
+
+
+@attrs.frozen
+class TxgateConfig:
+    """The C{[txgate]} section."""
+
+    state_dir: str = "var"
+    plugin_path: tuple[str, ...] = ()
+    access_log: str = "var/log/access.log"
+    access_log_format: str = "text"
+    policy: str = ""
+    default_policy: str = "allow"
+    required_plugins: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class ServiceConfig:
+    """One C{[[service]]} table."""
+
+    name: str
+    kind: str
+    listen: str
+    clients: tuple[Network, ...]
+    idle_timeout: float = 1800.0
+    connect_timeout: float = 10.0
+    max_header_size: int = 65536
+    detect_protocol: bool = True
+    tunnel_on_protocol_error: bool = False
+
+
+@attrs.frozen
+class Config:
+    """
+    A whole validated configuration.
+
+    @ivar path: the file it came from (C{"<defaults>"} for the embedded one).
+    """
+
+    path: str
+    txgate: TxgateConfig
+    services: tuple[ServiceConfig, ...]

@@ -1,0 +1,202 @@
+# -*- test-case-name: tests.http.test_proxying -*-
+"""
+What a proxy changes in a message it forwards (RFC 9110 section 7.6, RFC 9112
+section 3.2.2), and how it reads the request target it is sent.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from urllib.parse import urlsplit
+
+import attrs
+
+from txgate.errors import PeerProtocolError
+
+__all__ = [
+    "HOP_BY_HOP",
+    "Target",
+    "parse_target",
+    "request_headers_upstream",
+    "response_headers_downstream",
+    "error_page",
+    "VIA",
+]
+
+VIA = b"1.1 txgate"
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+"""Headers that describe one hop and are never forwarded (RFC 9110 7.6.1)."""
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+Headers = list[tuple[bytes, bytes]]
+
+
+@attrs.frozen
+class Target:
+    """
+    Where a request goes.
+
+    @ivar scheme: C{http}, C{https}, or C{None} for CONNECT.
+    @ivar host: the host name or address, without brackets.
+    @ivar port: the port (the scheme's default when absent).
+    @ivar path: origin-form target to send upstream (C{/p?q}); C{b""} for
+        CONNECT.
+    """
+
+    scheme: str | None
+    host: str
+    port: int
+    path: bytes
+
+    @property
+    def authority(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        if self.scheme is not None and _DEFAULT_PORTS.get(self.scheme) == self.port:
+            return host
+        return f"{host}:{self.port}"
+
+    def url(self) -> str:
+        """The target as the access log writes it."""
+        if self.scheme is None:
+            return self.authority
+        return f"{self.scheme}://{self.authority}{self.path.decode('ascii', 'replace')}"
+
+
+def _port(text: str, target: bytes) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise PeerProtocolError("http", f"bad port in request target {target!r}")
+    return int(text)
+
+
+def _host(text: str, target: bytes) -> str:
+    if text.startswith("["):
+        if not text.endswith("]"):
+            raise PeerProtocolError("http", f"bad IPv6 literal in request target {target!r}")
+        try:
+            return str(ipaddress.IPv6Address(text[1:-1]))
+        except ValueError:
+            raise PeerProtocolError("http", f"bad IPv6 literal in request target {target!r}") from None
+    if not text or any(c in text for c in " /\\@?#[]%") or not text.isascii():
+        raise PeerProtocolError("http", f"bad host in request target {target!r}")
+    return text.lower()
+
+
+def parse_target(method: bytes, target: bytes) -> Target:
+    """
+    Read a proxy request's target: authority-form for CONNECT
+    (C{host:port}), absolute-form (C{http://host[:port]/path}) otherwise.
+
+    @raise PeerProtocolError: with a 400 hint for anything else, including
+        origin-form (C{/path}), which a proxy cannot route.
+    """
+    text = target.decode("ascii", "replace")
+    if method == b"CONNECT":
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            raise PeerProtocolError("http", f"CONNECT target needs host:port, got {target!r}")
+        return Target(None, _host(host, target), _port(port, target), b"")
+    if text.startswith("/") or text == "*":
+        raise PeerProtocolError(
+            "http",
+            f"txgate is a proxy: the request target must be an absolute URI, got {target!r}",
+        )
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS:
+        raise PeerProtocolError("http", f"unsupported scheme in request target {target!r}")
+    if parts.username is not None or parts.password is not None:
+        raise PeerProtocolError("http", f"userinfo is not allowed in request target {target!r}")
+    netloc = parts.netloc
+    host, port = netloc, ""
+    if netloc.startswith("["):
+        closing = netloc.find("]")
+        host, rest = netloc[: closing + 1], netloc[closing + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise PeerProtocolError("http", f"bad authority in request target {target!r}")
+            port = rest[1:]
+    elif ":" in netloc:
+        host, port = netloc.rsplit(":", 1)
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return Target(
+        scheme,
+        _host(host, target),
+        _port(port, target) if port else _DEFAULT_PORTS[scheme],
+        path.encode("ascii"),
+    )
+
+
+def _connection_tokens(headers: Headers) -> set[bytes]:
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+    return tokens
+
+
+def _strip_hop_by_hop(headers: Headers) -> Headers:
+    drop = HOP_BY_HOP | _connection_tokens(headers)
+    return [(n, v) for n, v in headers if n not in drop]
+
+
+def _with_via(headers: Headers) -> Headers:
+    vias = [v for n, v in headers if n == b"via"]
+    rest = [(n, v) for n, v in headers if n != b"via"]
+    rest.append((b"via", b", ".join(vias + [VIA])))
+    return rest
+
+
+def request_headers_upstream(headers: Headers, target: Target, chunked: bool) -> Headers:
+    """
+    The headers to send upstream for a request the client sent to the proxy.
+
+    @param headers: as h11 gives them (lower-case names).
+    @param chunked: whether the client framed the body with chunked coding;
+        the framing header is re-added so h11 frames the body upstream.
+    """
+    out = [(n, v) for n, v in _strip_hop_by_hop(headers) if n != b"host"]
+    out.insert(0, (b"host", target.authority.encode("ascii")))
+    if chunked:
+        out.append((b"transfer-encoding", b"chunked"))
+    return _with_via(out)
+
+
+def response_headers_downstream(headers: Headers) -> Headers:
+    """
+    The headers to send the client for a response from upstream. Without
+    Content-Length, h11 picks the framing the client understands (chunked for
+    HTTP/1.1, close-delimited for HTTP/1.0).
+    """
+    return _with_via(_strip_hop_by_hop(headers))
+
+
+def error_page(status: int, message: str) -> tuple[Headers, bytes]:
+    """
+    A short plain-text page for an error txgate itself answers.
+    """
+    body = f"txgate: {status}: {message}\n".encode("utf-8", "replace")
+    return (
+        [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode("ascii")),
+            (b"cache-control", b"no-store"),
+            (b"via", VIA),
+        ],
+        body,
+    )

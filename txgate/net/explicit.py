@@ -1,0 +1,601 @@
+# -*- test-case-name: tests.net.test_explicit -*-
+"""
+The explicit HTTP proxy service (C{kind = "explicit-http"}): absolute-form
+requests forwarded with streamed bodies and pooled keep-alive upstream
+connections, and CONNECT tunnels that go through the connection pipeline.
+
+h11 parses and frames both sides; this module moves bytes between them and
+keeps the books (session counters, access log).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import h11
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from txgate.accesslog import AccessLog
+from txgate.acl import client_allowed
+from txgate.config import ServiceConfig
+from txgate.errors import PeerProtocolError
+from txgate.http.proxying import (
+    Target,
+    error_page,
+    parse_target,
+    request_headers_upstream,
+    response_headers_downstream,
+)
+from txgate.interfaces import Checkpoint
+from txgate.net.idle import IdleWatch
+from txgate.net.pipeline import Delegating, Pipeline, PipelineSettings
+from txgate.net.upstream import Connector, Upstream, UpstreamPool, describe_connect_failure
+from txgate.session import Address, ClientProtocol, Session, new_session_id
+
+__all__ = ["ExplicitProxyFactory", "ExplicitProxy"]
+
+_REASONS = {
+    400: "Bad Request",
+    403: "Forbidden",
+    408: "Request Timeout",
+    414: "URI Too Long",
+    431: "Request Header Fields Too Large",
+    502: "Bad Gateway",
+    504: "Gateway Timeout",
+}
+
+_RETRYABLE = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+
+
+class ExplicitProxyFactory(Factory):
+    """
+    Shared state of one explicit service: its settings, the upstream pool,
+    the access log.
+    """
+
+    def __init__(
+        self,
+        service: ServiceConfig,
+        settings: PipelineSettings,
+        connector: Connector,
+        pool: UpstreamPool,
+        access: AccessLog,
+    ) -> None:
+        self.service = service
+        self.settings = settings
+        self.reactor = settings.reactor
+        self.connector = connector
+        self.pool = pool
+        self.access = access
+        self.sessions: dict[str, Session] = {}
+
+    def buildProtocol(self, addr: Any) -> "ExplicitProxy":
+        protocol = ExplicitProxy()
+        protocol.factory = self
+        return protocol
+
+
+@attrs.define
+class _Transaction:
+    """The books of one request, for its access-log record."""
+
+    proxy: "ExplicitProxy"
+    seq: int
+    method: str
+    target: str
+    started: float
+    bytes_in: int
+    bytes_out: int
+    upstream: str = "-"
+    logged: bool = False
+
+    def log(self, status: int | str | None, verdict: str, reason: str = "") -> None:
+        if self.logged:
+            return
+        self.logged = True
+        proxy = self.proxy
+        session = proxy.session
+        proxy.factory.access.record(
+            time=self.started,
+            session=session.id,
+            seq=self.seq,
+            client=str(session.client),
+            service=session.service,
+            client_protocol=session.client_protocol,
+            tunneled=session.tunneled,
+            method=self.method,
+            target=self.target,
+            status=status,
+            verdict=verdict,
+            bytes_in=session.bytes_in - self.bytes_in,
+            bytes_out=session.bytes_out - self.bytes_out,
+            duration_ms=int((proxy.factory.reactor.seconds() - self.started) * 1000),
+            upstream=self.upstream,
+            reason=reason,
+        )
+
+
+class ExplicitProxy(Delegating):
+    """
+    One client connection to the explicit service.
+
+    @ivar session: this connection's L{Session}.
+    """
+
+    _log = Logger()
+    factory: ExplicitProxyFactory
+
+    def connectionMade(self) -> None:
+        factory = self.factory
+        service = factory.service
+        peer = self.transport.getPeer()
+        now = factory.reactor.seconds()
+        self.session = Session(
+            id=new_session_id(),
+            service=service.name,
+            client=Address(getattr(peer, "host", str(peer)), getattr(peer, "port", 0)),
+            started=now,
+            last_active=now,
+            client_protocol=ClientProtocol.HTTP,
+        )
+        factory.sessions[self.session.id] = self.session
+        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=service.max_header_size)
+        self._allowed = client_allowed(self.session.client.host, service.clients)
+        self._exchange: _Exchange | None = None
+        self._reading = True
+        self._closing = False
+        self._cycle_in = 0
+        self._line_seen = False
+        self._idle: IdleWatch | None = IdleWatch(factory.reactor, service.idle_timeout, self._timed_out)
+
+    # -- client bytes -------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        session = self.session
+        session.bytes_in += len(data)
+        if self._idle is not None:
+            self._idle.touch()
+        if self._closing:
+            return
+        if not self._line_seen and self._conn.their_state is h11.IDLE:
+            self._line_seen = b"\n" in data
+        self._conn.receive_data(data)
+        self._process()
+
+    def readConnectionLost(self) -> None:
+        if self._delegate is not None:
+            super().readConnectionLost()
+            return
+        if self._closing:
+            return
+        self._conn.receive_data(b"")
+        self._process()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.factory.sessions.pop(self.session.id, None)
+        if self._idle is not None:
+            self._idle.stop()
+        if self._delegate is not None:
+            super().connectionLost(reason)
+            return
+        self._closing = True
+        if self._exchange is not None:
+            self._exchange.client_lost(reason)
+
+    def _process(self) -> None:
+        conn = self._conn
+        while self._reading and not self._closing:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as e:
+                self._bad_request(e)
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            if isinstance(event, h11.Request):
+                self._request(event)
+            elif isinstance(event, h11.Data):
+                assert self._exchange is not None
+                self._exchange.client_data(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                assert self._exchange is not None
+                self._exchange.client_end(list(event.headers))
+            elif isinstance(event, h11.ConnectionClosed):
+                if self._exchange is None:
+                    self.transport.loseConnection()
+                    self._closing = True
+                return
+
+    def pause_reading(self) -> None:
+        self._reading = False
+        self.transport.pauseProducing()
+
+    def resume_reading(self) -> None:
+        self._reading = True
+        self.transport.resumeProducing()
+        self._process()
+
+    # -- writing to the client ----------------------------------------------
+
+    def send(self, event: Any) -> None:
+        """Frame C{event} with the client's h11 state and write it."""
+        pieces = self._conn.send_with_data_passthrough(event)
+        if pieces:
+            self.session.bytes_out += sum(len(p) for p in pieces)
+            self.transport.writeSequence(pieces)
+
+    def error(self, transaction: _Transaction | None, status: int, reason: str, verdict: str = "allow") -> None:
+        """
+        Answer with a short error page, close the connection, and log.
+        """
+        headers, body = error_page(status, reason)
+        head = f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n".encode("ascii")
+        head += b"".join(n + b": " + v + b"\r\n" for n, v in headers) + b"connection: close\r\n\r\n"
+        self.session.bytes_out += len(head) + len(body)
+        self.transport.writeSequence([head, body])
+        self._closing = True
+        self.transport.loseConnection()
+        if transaction is None:
+            transaction = self._transaction("-", "-")
+        transaction.log(status, verdict, reason)
+
+    def _transaction(self, method: str, target: str) -> _Transaction:
+        session = self.session
+        return _Transaction(
+            proxy=self,
+            seq=session.next_transaction(),
+            method=method,
+            target=target,
+            started=self.factory.reactor.seconds(),
+            bytes_in=self._cycle_in,
+            bytes_out=session.bytes_out,
+        )
+
+    def _bad_request(self, e: h11.RemoteProtocolError) -> None:
+        status = e.error_status_hint
+        reason = f"malformed HTTP request: {e}"
+        if status == 431:
+            limit = self.factory.service.max_header_size
+            if not self._line_seen:
+                status, reason = 414, f"request line longer than {limit} bytes"
+            else:
+                reason = f"request head larger than {limit} bytes"
+        self._log.info(
+            "{client}: http protocol error: {reason}", client=str(self.session.client), reason=reason
+        )
+        self.error(None, status, reason)
+
+    def _timed_out(self, idle: float) -> None:
+        self._idle = None
+        timeout = self.factory.service.idle_timeout
+        reason = f"idle timeout ({timeout:g}s)"
+        exchange = self._exchange
+        if exchange is not None:
+            exchange.timed_out(reason)
+        elif self.session.bytes_in > self._cycle_in and self._conn.their_state is h11.IDLE:
+            self.error(None, 408, f"{reason} while reading the request head")
+        else:
+            self._closing = True
+            self.transport.loseConnection()
+
+    # -- requests -----------------------------------------------------------
+
+    def _request(self, request: h11.Request) -> None:
+        method = request.method.decode("ascii", "replace")
+        raw_target = request.target.decode("ascii", "replace")
+        transaction = self._transaction(method, raw_target)
+        try:
+            target = parse_target(request.method, request.target)
+        except PeerProtocolError as e:
+            self._log.info("{client}: http protocol error: {reason}", client=str(self.session.client), reason=e.reason)
+            self.error(transaction, e.status_hint, e.reason)
+            return
+        transaction.target = target.url()
+        if not self._allowed:
+            self._log.info(
+                "{client}: denied: client not allowed by service {service}",
+                client=str(self.session.client),
+                service=self.session.service,
+            )
+            self.error(transaction, 403, "client not allowed", "deny")
+            return
+        decision = self.factory.settings.policy.decide(
+            Checkpoint.REQUEST, self.session, {"method": method, "url": transaction.target}
+        )
+        if not decision.allow:
+            self.error(transaction, 403, decision.reason or "denied by policy", "deny")
+            return
+        if request.method == b"CONNECT":
+            self._connect(request, target, transaction)
+            return
+        self._exchange = _Exchange(self, request, target, transaction)
+        self._exchange.start()
+
+    def _connect(self, request: h11.Request, target: Target, transaction: _Transaction) -> None:
+        # A CONNECT request has no body: take its end now, then wait for the
+        # upstream before reading anything the client sends next.
+        event = self._conn.next_event()
+        assert isinstance(event, h11.EndOfMessage), event
+        self.pause_reading()
+        d = self.factory.connector.connect(target.host, target.port)
+        d.addCallbacks(self._tunnel, self._connect_failed, (target, transaction), None, (target, transaction))
+
+    def _connect_failed(self, failure: Failure, target: Target, transaction: _Transaction) -> None:
+        if self._closing:
+            return
+        status, reason = describe_connect_failure(failure, target.host, target.port)
+        self.error(transaction, status, reason)
+
+    def _tunnel(self, upstream: Upstream, target: Target, transaction: _Transaction) -> None:
+        if self._closing:
+            upstream.transport.loseConnection()
+            return
+        transaction.upstream = "new"
+        self.send(h11.Response(status_code=200, headers=[], reason=b"Connection established"))
+        replay, _ = self._conn.trailing_data
+        session = self.session
+        session.destination = Address(target.host, target.port)
+        if self._idle is not None:
+            self._idle.stop()
+            self._idle = None
+        self.transport.resumeProducing()
+
+        def finished(reason: str) -> None:
+            transaction.log(200, "allow", reason)
+
+        pipeline = Pipeline(self.factory.settings, session, upstream, self, finished)
+        self.hand_over(pipeline, replay)
+
+    def exchange_done(self, reusable: bool) -> None:
+        """
+        The current exchange is over: read the next request, or close.
+        """
+        self._exchange = None
+        conn = self._conn
+        if self._closing:
+            return
+        if reusable and conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+            self._line_seen = False
+            self._cycle_in = self.session.bytes_in
+            self.resume_reading()
+        else:
+            self._closing = True
+            self.transport.loseConnection()
+
+
+class _Exchange:
+    """
+    One request forwarded upstream and its response forwarded back, bodies
+    streamed with each side the other's producer.
+    """
+
+    _log = Logger()
+
+    def __init__(self, proxy: ExplicitProxy, request: h11.Request, target: Target, transaction: _Transaction) -> None:
+        self._proxy = proxy
+        self._request = request
+        self._target = target
+        self._transaction = transaction
+        self._upstream: Upstream | None = None
+        self._reused = False
+        self._retried = False
+        self._request_done = False
+        self._response_started = False
+        self._response_done = False
+        self._upstream_eof = False
+        self._finished = False
+        self._has_body = any(n in (b"content-length", b"transfer-encoding") for n, _ in request.headers)
+
+    def start(self) -> None:
+        self._proxy.pause_reading()
+        target = self._target
+        d = self._proxy.factory.pool.get(target.scheme or "http", target.host, target.port)
+        d.addCallbacks(self._connected, self._connect_failed)
+
+    def _connect_failed(self, failure: Failure) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        status, reason = describe_connect_failure(failure, self._target.host, self._target.port)
+        self._proxy.error(self._transaction, status, reason)
+
+    def _connected(self, result: tuple[Upstream, bool]) -> None:
+        upstream, reused = result
+        if self._finished:
+            upstream.transport.loseConnection()
+            return
+        self._upstream = upstream
+        self._reused = reused
+        self._transaction.upstream = "reused" if reused else "new"
+        if upstream.h11 is None:
+            upstream.h11 = h11.Connection(h11.CLIENT)
+        request = self._request
+        chunked = any(n == b"transfer-encoding" for n, _ in request.headers)
+        headers = request_headers_upstream(list(request.headers), self._target, chunked)
+        self._write_upstream(
+            h11.Request(method=request.method, target=self._target.path, headers=headers)
+        )
+        client, server = self._proxy.transport, upstream.transport
+        server.registerProducer(client, True)
+        client.registerProducer(server, True)
+        upstream.attach(self)
+        if self._request_done:
+            self._write_upstream(h11.EndOfMessage())
+        elif not self._finished:
+            self._proxy.resume_reading()
+
+    def _write_upstream(self, event: Any) -> None:
+        assert self._upstream is not None
+        pieces = self._upstream.h11.send_with_data_passthrough(event)
+        if pieces:
+            self._upstream.transport.writeSequence(pieces)
+
+    # -- client side ----------------------------------------------------------
+
+    def client_data(self, data: bytes) -> None:
+        self._write_upstream(h11.Data(data=data))
+
+    def client_end(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        self._request_done = True
+        self._proxy.pause_reading()
+        if self._upstream is not None:
+            self._write_upstream(h11.EndOfMessage(headers=trailers))
+        if self._response_done and not self._finished:
+            self._finish()
+
+    def client_lost(self, reason: Failure | None) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        if self._upstream is not None:
+            self._upstream.transport.loseConnection()
+        self._transaction.log(
+            self._transaction_status(), "allow", "client closed the connection before the response was complete"
+        )
+
+    def timed_out(self, reason: str) -> None:
+        if self._finished:
+            return
+        if not self._response_started:
+            self._finished = True
+            if self._upstream is not None:
+                self._upstream.transport.loseConnection()
+            if self._request_done:
+                self._proxy.error(self._transaction, 504, f"{reason} waiting for the upstream response")
+            else:
+                self._proxy.error(self._transaction, 408, f"{reason} while reading the request body")
+            return
+        self._abort(reason)
+
+    # -- upstream side --------------------------------------------------------
+
+    def upstream_data(self, data: bytes) -> None:
+        idle = self._proxy._idle
+        if idle is not None:
+            idle.touch()
+        assert self._upstream is not None
+        self._upstream.h11.receive_data(data)
+        self._pump()
+
+    def upstream_eof(self) -> None:
+        if not self._upstream_eof:
+            self._upstream_eof = True
+            assert self._upstream is not None
+            self._upstream.h11.receive_data(b"")
+            self._pump()
+
+    def upstream_lost(self, reason: Failure) -> None:
+        self.upstream_eof()
+        if self._finished:
+            return
+        if not self._response_started and self._reused and not self._retried and not self._has_body and self._request.method in _RETRYABLE:
+            # A pooled connection the server closed while idle: try once more
+            # on a fresh one, as clients do for idempotent requests.
+            self._retried = True
+            self._unregister()
+            self._upstream = None
+            d = self._proxy.factory.connector.connect(
+                self._target.host, self._target.port, tls=self._target.scheme == "https"
+            )
+            d.addCallback(lambda upstream: (upstream, False))
+            d.addCallbacks(self._connected, self._connect_failed)
+            return
+        if not self._response_started:
+            self._finished = True
+            self._unregister()
+            detail = reason.getErrorMessage() if reason is not None else "closed"
+            self._proxy.error(
+                self._transaction, 502, f"upstream {self._target.authority} closed the connection before responding ({detail})"
+            )
+            return
+        self._abort(f"upstream {self._target.authority} closed the connection mid-body")
+
+    def _pump(self) -> None:
+        upstream = self._upstream
+        assert upstream is not None
+        proxy = self._proxy
+        while not self._finished:
+            try:
+                event = upstream.h11.next_event()
+            except h11.RemoteProtocolError as e:
+                if self._response_started:
+                    self._abort(f"malformed HTTP response from upstream: {e}")
+                else:
+                    self._finished = True
+                    self._unregister()
+                    upstream.transport.loseConnection()
+                    proxy.error(self._transaction, 502, f"malformed HTTP response from upstream: {e}")
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            if isinstance(event, h11.InformationalResponse):
+                if event.status_code == 101:
+                    self._finished = True
+                    self._unregister()
+                    upstream.transport.loseConnection()
+                    proxy.error(self._transaction, 502, "upstream switched protocols without being asked")
+                    return
+                proxy.send(event)
+            elif isinstance(event, h11.Response):
+                self._response_started = True
+                self._status = event.status_code
+                proxy.send(
+                    h11.Response(
+                        status_code=event.status_code,
+                        headers=response_headers_downstream(list(event.headers)),
+                        reason=event.reason,
+                    )
+                )
+            elif isinstance(event, h11.Data):
+                proxy.send(event)
+            elif isinstance(event, h11.EndOfMessage):
+                proxy.send(h11.EndOfMessage(headers=list(event.headers)))
+                self._response_done = True
+                # When the server answered before the request body ended (an
+                # error, typically), _finish closes the client connection.
+                self._finish()
+                return
+            elif isinstance(event, h11.ConnectionClosed):
+                return
+
+    def _transaction_status(self) -> int | None:
+        return getattr(self, "_status", None)
+
+    def _unregister(self) -> None:
+        client = self._proxy.transport
+        client.unregisterProducer()
+        if self._upstream is not None:
+            self._upstream.transport.unregisterProducer()
+
+    def _abort(self, reason: str) -> None:
+        """The response cannot be completed: cut both connections."""
+        self._finished = True
+        self._unregister()
+        self._log.info(
+            "session {session}: {reason}", session=self._proxy.session.id, reason=reason
+        )
+        if self._upstream is not None:
+            self._upstream.transport.abortConnection()
+        self._proxy._closing = True
+        self._proxy.transport.abortConnection()
+        self._transaction.log(self._transaction_status(), "allow", reason)
+
+    def _finish(self) -> None:
+        self._finished = True
+        self._unregister()
+        upstream = self._upstream
+        assert upstream is not None
+        conn = upstream.h11
+        target = self._target
+        self._transaction.log(self._transaction_status(), "allow")
+        reusable_upstream = conn.our_state is h11.DONE and conn.their_state is h11.DONE
+        if reusable_upstream:
+            conn.start_next_cycle()
+            self._proxy.factory.pool.put(target.scheme or "http", target.host, target.port, upstream)
+        else:
+            upstream.transport.loseConnection()
+        self._proxy.exchange_done(self._request_done)

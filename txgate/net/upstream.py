@@ -1,0 +1,231 @@
+# -*- test-case-name: tests.net.test_upstream -*-
+"""
+Connections to upstream servers: the connector that opens them and the
+keep-alive pool HTTP exchanges borrow them from.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from twisted.internet import error
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+__all__ = ["Upstream", "Connector", "UpstreamPool", "describe_connect_failure"]
+
+
+@implementer(IHalfCloseableProtocol)
+class Upstream(Protocol):
+    """
+    One connection to an upstream server, handed from its opener to whoever
+    carries the stream.
+
+    Until a receiver is attached, bytes from the server are held and the
+    connection stops reading, so nothing is lost and nothing piles up. After
+    L{attach}, bytes go straight to C{receiver.upstream_data}.
+
+    @ivar h11: the HTTP client state when used for HTTP, else C{None}.
+    @ivar lost: the reason, once the connection is gone.
+    """
+
+    h11: Any = None
+    lost: Failure | None = None
+    eof = False
+    notify: Any = None
+    """Called with no arguments when bytes arrive while no receiver is attached."""
+
+    def __init__(self) -> None:
+        self._held: list[bytes] = []
+        self._receiver: Any = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self._held.append(data)
+        self.transport.pauseProducing()
+        if self.notify is not None:
+            self.notify()
+
+    def readConnectionLost(self) -> None:
+        self.eof = True
+        if self._receiver is not None:
+            self._receiver.upstream_eof()
+        elif self.notify is not None:
+            self.notify()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.lost = reason
+        if self._receiver is not None:
+            self._receiver.upstream_lost(reason)
+        elif self.notify is not None:
+            self.notify()
+
+    def attach(self, receiver: Any) -> None:
+        """
+        Send everything this connection receives from now on (and anything
+        held) to C{receiver}, which has C{upstream_data(bytes)},
+        C{upstream_eof()} and C{upstream_lost(reason)}.
+        """
+        self._receiver = receiver
+        self.notify = None
+        held, self._held = self._held, []
+        self.dataReceived = receiver.upstream_data  # type: ignore[method-assign]
+        for data in held:
+            receiver.upstream_data(data)
+        if self.lost is not None:
+            receiver.upstream_lost(self.lost)
+            return
+        if self.eof:
+            receiver.upstream_eof()
+        self.transport.resumeProducing()
+
+
+class _UpstreamFactory(Factory):
+    protocol = Upstream
+
+
+@attrs.frozen
+class Connector:
+    """
+    Opens upstream connections with Twisted's endpoints, so tests can swap in
+    one backed by a memory reactor.
+
+    @ivar connect_timeout: seconds for the TCP connect (per address tried).
+    """
+
+    reactor: Any
+    connect_timeout: float = 10.0
+
+    def connect(self, host: str, port: int, tls: bool = False) -> Deferred[Upstream]:
+        endpoint: Any = HostnameEndpoint(self.reactor, host, port, timeout=self.connect_timeout)
+        if tls:
+            endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
+        return endpoint.connect(_UpstreamFactory())
+
+
+def describe_connect_failure(failure: Failure, host: str, port: int) -> tuple[int, str]:
+    """
+    The HTTP status and the log reason for an upstream connection that could
+    not be opened: 504 for a timeout, 502 otherwise.
+    """
+    where = f"{host}:{port}"
+    if failure.check(error.DNSLookupError):
+        return 502, f"DNS lookup failed for {host}"
+    if failure.check(error.ConnectionRefusedError):
+        return 502, f"connection refused by {where}"
+    if failure.check(error.TimeoutError, error.TCPTimedOutError):
+        return 504, f"timed out connecting to {where}"
+    if failure.check(error.NoRouteError):
+        return 502, f"no route to {where}"
+    value = failure.value
+    detail = str(value).strip() or type(value).__name__
+    return 502, f"could not connect to {where}: {detail}"
+
+
+@attrs.frozen
+class _PoolKey:
+    scheme: str
+    host: str
+    port: int
+
+
+class UpstreamPool:
+    """
+    Idle keep-alive connections to upstream servers, by scheme, host and
+    port.
+
+    @ivar max_idle_per_key: idle connections kept per server; more are closed.
+    @ivar idle_timeout: seconds an idle connection is kept.
+    """
+
+    max_idle_per_key = 8
+    idle_timeout = 60.0
+    _log = Logger()
+
+    def __init__(self, connector: Connector, clock: IReactorTime) -> None:
+        self._connector = connector
+        self._clock = clock
+        self._idle: dict[_PoolKey, list[Upstream]] = {}
+
+    def get(self, scheme: str, host: str, port: int) -> Deferred[tuple[Upstream, bool]]:
+        """
+        @return: a L{Deferred} firing with an upstream connection and whether
+            it was reused from the pool.
+        """
+        key = _PoolKey(scheme, host, port)
+        idle = self._idle.get(key)
+        while idle:
+            upstream = idle.pop()
+            timer = getattr(upstream, "_pool_timer", None)
+            if timer is not None and timer.active():
+                timer.cancel()
+            if upstream.lost is None and not upstream.eof:
+                return succeed((upstream, True))
+        d = self._connector.connect(host, port, tls=(scheme == "https"))
+        return d.addCallback(lambda upstream: (upstream, False))
+
+    def put(self, scheme: str, host: str, port: int, upstream: Upstream) -> None:
+        """Keep C{upstream} for reuse, or close it when the pool is full."""
+        key = _PoolKey(scheme, host, port)
+        idle = self._idle.setdefault(key, [])
+        if len(idle) >= self.max_idle_per_key or upstream.lost is not None:
+            upstream.transport.loseConnection()
+            return
+        watcher = _IdleWatcher(self, key, upstream)
+        upstream.attach(watcher)
+        upstream._pool_timer = self._clock.callLater(  # type: ignore[attr-defined]
+            self.idle_timeout, watcher.expire
+        )
+        idle.append(upstream)
+
+    def _discard(self, key: _PoolKey, upstream: Upstream) -> None:
+        idle = self._idle.get(key, [])
+        if upstream in idle:
+            idle.remove(upstream)
+        if not idle:
+            self._idle.pop(key, None)
+        timer = getattr(upstream, "_pool_timer", None)
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def close_all(self) -> None:
+        for key, idle in list(self._idle.items()):
+            for upstream in list(idle):
+                self._discard(key, upstream)
+                upstream.transport.loseConnection()
+
+
+@attrs.define
+class _IdleWatcher:
+    """
+    The receiver of a pooled connection: a server that speaks or closes
+    while idle loses its place in the pool.
+    """
+
+    pool: UpstreamPool
+    key: _PoolKey
+    upstream: Upstream
+
+    def upstream_data(self, data: bytes) -> None:
+        self.pool._discard(self.key, self.upstream)
+        self.upstream.transport.loseConnection()
+
+    def upstream_eof(self) -> None:
+        self.upstream_data(b"")
+
+    def upstream_lost(self, reason: Failure) -> None:
+        self.pool._discard(self.key, self.upstream)
+
+    def expire(self) -> None:
+        self.pool._discard(self.key, self.upstream)
+        self.upstream.transport.loseConnection()
+

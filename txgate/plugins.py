@@ -1,0 +1,190 @@
+# -*- test-case-name: tests.test_plugins -*-
+"""
+Finding plugins: built-in ones in the shipped C{plugins/} directory and
+third-party ones in the directories named by C{plugin_path}, all through
+L{twisted.plugin.getPlugins} on the L{txgate.dropins} package.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+import traceback
+from typing import Iterable, Sequence
+
+import attrs
+from twisted.plugin import IPlugin, getPlugins
+from twisted.python.modules import getModule
+from zope.interface.verify import verifyObject
+
+import txgate
+import txgate.dropins
+from txgate.errors import ConfigError
+from txgate.interfaces import IDetector, IHandoff, IInterceptor, IPolicyProvider
+
+__all__ = ["Plugin", "Registry", "discover", "builtin_plugin_dir", "KINDS"]
+
+KINDS = {
+    "detector": IDetector,
+    "interceptor": IInterceptor,
+    "handoff": IHandoff,
+    "policy": IPolicyProvider,
+}
+"""The plugin kinds, by the name C{txgate plugins} prints."""
+
+
+@attrs.frozen
+class Plugin:
+    """
+    One registered plugin.
+
+    @ivar origin: the file of the module that defines it.
+    """
+
+    kind: str
+    name: str
+    origin: str
+    provider: object
+
+
+@attrs.frozen
+class Failure:
+    """A plugin module that could not be used, and why."""
+
+    module: str
+    origin: str
+    error: str
+
+
+@attrs.frozen
+class Registry:
+    """
+    Every plugin found, by kind; detectors sorted by priority.
+    """
+
+    plugins: tuple[Plugin, ...]
+    failures: tuple[Failure, ...] = ()
+
+    def of_kind(self, kind: str) -> tuple[Plugin, ...]:
+        return tuple(p for p in self.plugins if p.kind == kind)
+
+    @property
+    def detectors(self) -> tuple[IDetector, ...]:
+        found = [p.provider for p in self.of_kind("detector")]
+        return tuple(sorted(found, key=lambda d: (d.priority, d.name)))  # type: ignore[attr-defined]
+
+    def handoff_for(self, protocol: str) -> IHandoff:
+        """
+        The handoff carrying C{protocol}; the tunnel (which carries C{tcp})
+        when no handoff names it.
+
+        @raise LookupError: when not even a tunnel handoff is registered.
+        """
+        fallback = None
+        for plugin in self.of_kind("handoff"):
+            handoff = plugin.provider
+            if protocol in handoff.protocols:  # type: ignore[attr-defined]
+                return handoff  # type: ignore[return-value]
+            if "tcp" in handoff.protocols:  # type: ignore[attr-defined]
+                fallback = handoff
+        if fallback is None:
+            raise LookupError("no handoff plugin carries 'tcp' (is plugins/ installed?)")
+        return fallback  # type: ignore[return-value]
+
+    def names(self) -> set[str]:
+        return {p.name for p in self.plugins}
+
+
+def builtin_plugin_dir() -> str:
+    """
+    The shipped C{plugins/} directory: the C{txgate_plugins} package a wheel
+    installs, or C{plugins/} beside C{txgate/} in a checkout.
+    """
+    spec = importlib.util.find_spec("txgate_plugins")
+    if spec is not None and spec.submodule_search_locations:
+        return list(spec.submodule_search_locations)[0]
+    package = os.path.dirname(os.path.abspath(txgate.__file__))
+    return os.path.join(os.path.dirname(package), "plugins")
+
+
+def _set_search_path(directories: Sequence[str]) -> None:
+    paths = [os.path.abspath(d) for d in directories]
+    txgate.dropins.__path__[:] = [os.path.dirname(txgate.dropins.__file__)] + paths
+
+
+def _preload() -> tuple[list[Failure], dict[int, str]]:
+    """
+    Import every plugin module once, so a module that fails is reported by
+    name with its error (getPlugins would only log and skip it), and learn
+    which file defines each plugin object.
+
+    @return: the failures, and a map from C{id()} of each module-level plugin
+        object to its module's file.
+    """
+    failures = []
+    origins: dict[int, str] = {}
+    for module in getModule("txgate.dropins").iterModules():
+        name = module.name
+        if name.rsplit(".", 1)[-1].startswith("_"):
+            continue
+        try:
+            loaded = importlib.import_module(name)
+        except Exception as e:
+            last = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
+            where = f" ({last.filename}:{last.lineno})" if last else ""
+            failures.append(
+                Failure(name.rsplit(".", 1)[-1], module.filePath.path, f"{type(e).__name__}: {e}{where}")
+            )
+            sys.modules.pop(name, None)
+            continue
+        for value in vars(loaded).values():
+            if IPlugin.providedBy(value):
+                origins[id(value)] = module.filePath.path
+    return failures, origins
+
+
+def _name_of(provider: object) -> str:
+    return str(getattr(provider, "name", type(provider).__name__))
+
+
+def discover(plugin_path: Iterable[str] = (), config_path: str = "<defaults>") -> Registry:
+    """
+    Find every plugin in the shipped directory and C{plugin_path}.
+
+    @raise ConfigError: a C{plugin_path} entry is not a directory, or two
+        plugins of one kind share a name.
+    """
+    extra = list(plugin_path)
+    for index, directory in enumerate(extra):
+        if not os.path.isdir(directory):
+            raise ConfigError(
+                config_path, f"txgate.plugin_path[{index}]", f"{directory!r} is not a directory"
+            )
+    _set_search_path([builtin_plugin_dir(), *extra])
+    failures, origins = _preload()
+    plugins: list[Plugin] = []
+    seen: dict[tuple[str, str], str] = {}
+    for kind, interface in KINDS.items():
+        for provider in getPlugins(interface, txgate.dropins):
+            origin = origins.get(id(provider))
+            if origin is None:
+                continue  # a module that failed to import (already reported)
+            try:
+                verifyObject(interface, provider)
+            except Exception as e:
+                module_name = os.path.splitext(os.path.basename(origin))[0]
+                failures.append(Failure(module_name, origin, f"does not provide {interface.__name__}: {e}"))
+                continue
+            name = _name_of(provider)
+            key = (kind, name)
+            if key in seen:
+                raise ConfigError(
+                    config_path,
+                    "txgate.plugin_path",
+                    f"two {kind} plugins are named {name!r}: {seen[key]} and {origin}",
+                )
+            seen[key] = origin
+            plugins.append(Plugin(kind, name, origin, provider))
+    return Registry(tuple(plugins), tuple(failures))

@@ -1,0 +1,3 @@
+"""
+Policy: deciding what happens to a transaction at each checkpoint.
+"""

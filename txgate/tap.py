@@ -1,0 +1,91 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+C{twistd txgate}: options and the service they make. Only L{makeService}
+touches the global reactor.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.python import usage
+
+from txgate.config import Config, load_config, load_default_config
+from txgate.errors import ConfigError, ConfigErrors
+
+__all__ = ["Options", "makeService", "prepare"]
+
+
+class ForwardOptions(usage.Options):
+    """C{twistd txgate forward}: the egress proxy."""
+
+    synopsis = "[--config PATH]"
+    longdesc = (
+        "Run the forward proxy. Without --config, the embedded defaults: an explicit"
+        " HTTP proxy on 127.0.0.1:8080 serving loopback and private networks."
+    )
+    optParameters = [
+        ["config", "c", None, "The forward configuration file (TOML), e.g. etc/forward.toml."],
+    ]
+
+
+class Options(usage.Options):
+    synopsis = "forward [options]"
+    subCommands = [
+        ["forward", None, ForwardOptions, "Run the forward (egress) proxy."],
+    ]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("name a mode: forward")
+
+
+def prepare(config: Config) -> tuple[Any, Any]:
+    """
+    Everything that can refuse a configuration before anything listens:
+    plugin discovery, required plugins, the policy file.
+
+    @raise ConfigErrors: naming the file and key of each problem.
+    """
+    from txgate.net.service import load_policy
+    from txgate.plugins import discover
+
+    try:
+        registry = discover(config.txgate.plugin_path, config.path)
+        missing = [n for n in config.txgate.required_plugins if n not in registry.names()]
+        errors = []
+        for name in missing:
+            failed = [f for f in registry.failures if f.module == name]
+            why = f": {failed[0].error}" if failed else ""
+            errors.append(ConfigError(config.path, "txgate.required_plugins", f"plugin {name!r} is not available{why}"))
+        if errors:
+            raise ConfigErrors(tuple(errors))
+        policy = load_policy(config, registry)
+    except ConfigError as e:
+        raise ConfigErrors((e,)) from None
+    return registry, policy
+
+
+def makeService(options: Options) -> Any:
+    from twisted.internet import reactor
+    from twisted.logger import Logger
+
+    from txgate.net.service import ForwardService
+
+    sub = options.subOptions
+    try:
+        config = load_config(sub["config"]) if sub["config"] else load_default_config()
+        registry, policy = prepare(config)
+    except ConfigErrors as e:
+        sys.stderr.write(f"txgate: refusing to start:\n{e}\n")
+        raise SystemExit(1) from None
+    log = Logger(namespace="txgate")
+    for failure in registry.failures:
+        log.error(
+            "plugin {module} ({origin}) could not be loaded: {error}",
+            module=failure.module,
+            origin=failure.origin,
+            error=failure.error,
+        )
+    return ForwardService(config, registry, policy, reactor)
