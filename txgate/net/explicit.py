@@ -56,6 +56,8 @@ class ExplicitProxyFactory(Factory):
     the access log.
     """
 
+    noisy = False  # the service logs its own "listening" line
+
     def __init__(
         self,
         service: ServiceConfig,
@@ -388,6 +390,8 @@ class _Exchange:
         self._response_done = False
         self._upstream_eof = False
         self._finished = False
+        self._registered = False
+        self._upstream_error = ""
         self._has_body = any(n in (b"content-length", b"transfer-encoding") for n, _ in request.headers)
 
     def start(self) -> None:
@@ -422,6 +426,7 @@ class _Exchange:
         client, server = self._proxy.transport, upstream.transport
         server.registerProducer(client, True)
         client.registerProducer(server, True)
+        self._registered = True
         upstream.attach(self)
         if self._request_done:
             self._write_upstream(h11.EndOfMessage())
@@ -482,37 +487,59 @@ class _Exchange:
         self._pump()
 
     def upstream_eof(self) -> None:
+        self._read_eof()
+        if not self._finished:
+            self._upstream_closed(None)
+
+    def upstream_lost(self, reason: Failure) -> None:
+        self._read_eof()
+        if not self._finished:
+            self._upstream_closed(reason)
+
+    def _read_eof(self) -> None:
+        """Tell h11 the server closed: a close-delimited body ends here."""
         if not self._upstream_eof:
             self._upstream_eof = True
             assert self._upstream is not None
             self._upstream.h11.receive_data(b"")
             self._pump()
 
-    def upstream_lost(self, reason: Failure) -> None:
-        self.upstream_eof()
-        if self._finished:
-            return
-        if not self._response_started and self._reused and not self._retried and not self._has_body and self._request.method in _RETRYABLE:
+    def _upstream_closed(self, reason: Failure | None) -> None:
+        """
+        The server closed before the response was complete: retry, answer
+        502, or cut the client off mid-body.
+        """
+        upstream = self._upstream
+        assert upstream is not None
+        self._unregister()
+        upstream.transport.loseConnection()
+        detail = reason.getErrorMessage() if reason is not None else "connection closed"
+        if (
+            not self._response_started
+            and self._reused
+            and not self._retried
+            and not self._has_body
+            and self._request.method in _RETRYABLE
+        ):
             # A pooled connection the server closed while idle: try once more
             # on a fresh one, as clients do for idempotent requests.
             self._retried = True
-            self._unregister()
             self._upstream = None
-            d = self._proxy.factory.connector.connect(
-                self._target.host, self._target.port, tls=self._target.scheme == "https"
-            )
-            d.addCallback(lambda upstream: (upstream, False))
+            target = self._target
+            d = self._proxy.factory.connector.connect(target.host, target.port, tls=target.scheme == "https")
+            d.addCallback(lambda fresh: (fresh, False))
             d.addCallbacks(self._connected, self._connect_failed)
             return
         if not self._response_started:
             self._finished = True
-            self._unregister()
-            detail = reason.getErrorMessage() if reason is not None else "closed"
             self._proxy.error(
-                self._transaction, 502, f"upstream {self._target.authority} closed the connection before responding ({detail})"
+                self._transaction,
+                502,
+                f"upstream {self._target.authority} closed the connection before responding ({detail})",
             )
             return
-        self._abort(f"upstream {self._target.authority} closed the connection mid-body")
+        received = self._upstream_error or detail
+        self._abort(f"upstream {self._target.authority} closed the connection mid-body: {received}")
 
     def _pump(self) -> None:
         upstream = self._upstream
@@ -522,6 +549,9 @@ class _Exchange:
             try:
                 event = upstream.h11.next_event()
             except h11.RemoteProtocolError as e:
+                if self._upstream_eof:
+                    self._upstream_error = str(e)
+                    return  # _upstream_closed decides
                 if self._response_started:
                     self._abort(f"malformed HTTP response from upstream: {e}")
                 else:
@@ -566,9 +596,10 @@ class _Exchange:
         return getattr(self, "_status", None)
 
     def _unregister(self) -> None:
-        client = self._proxy.transport
-        client.unregisterProducer()
-        if self._upstream is not None:
+        if self._registered:
+            self._registered = False
+            self._proxy.transport.unregisterProducer()
+            assert self._upstream is not None
             self._upstream.transport.unregisterProducer()
 
     def _abort(self, reason: str) -> None:

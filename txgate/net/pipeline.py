@@ -207,7 +207,8 @@ class Pipeline(Protocol):
         session = self._session
         protocol = error.protocol if isinstance(error, PeerProtocolError) else session.client_protocol
         for transport in (self.transport, self._upstream.transport):
-            transport.unregisterProducer()
+            if getattr(transport, "producer", None) is not None:
+                transport.unregisterProducer()
         if not self._settings.tunnel_on_protocol_error:
             self._log.info(
                 "session {session}: {protocol} protocol error, closing: {error}",

@@ -46,8 +46,8 @@ class Tunnel(Protocol):
         client, upstream = self.transport, self._upstream.transport
         upstream.registerProducer(client, True)
         client.registerProducer(upstream, True)
-        self._upstream.attach(self)
         self._idle = IdleWatch(self._context.reactor, self._context.idle_timeout, self._timed_out)
+        self._upstream.attach(self)
 
     # client -> upstream
     def dataReceived(self, data: bytes) -> None:

@@ -91,6 +91,7 @@ class Upstream(Protocol):
 
 class _UpstreamFactory(Factory):
     protocol = Upstream
+    noisy = False  # one log line per upstream connection is noise
 
 
 @attrs.frozen
