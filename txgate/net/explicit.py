@@ -133,19 +133,19 @@ class ExplicitProxy(Delegating):
     def connectionMade(self) -> None:
         factory = self.factory
         service = factory.service
-        peer = self.transport.getPeer()
         now = factory.reactor.seconds()
         self.session = Session(
             id=new_session_id(),
             service=service.name,
-            client=Address(getattr(peer, "host", str(peer)), getattr(peer, "port", 0)),
+            client=Address("", 0),
             started=now,
             last_active=now,
             client_protocol=ClientProtocol.HTTP,
         )
+        self._identify_client()
+        self._identified = False
         factory.sessions[self.session.id] = self.session
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=service.max_header_size)
-        self._allowed = client_allowed(self.session.client.host, service.clients)
         self._exchange: _Exchange | None = None
         self._reading = True
         self._closing = False
@@ -153,15 +153,33 @@ class ExplicitProxy(Delegating):
         self._line_seen = False
         self._idle: IdleWatch | None = IdleWatch(factory.reactor, service.idle_timeout, self._timed_out)
 
+    def _identify_client(self) -> None:
+        """
+        Read the client address from the transport. Behind a C{haproxy:}
+        listener it is known only once the PROXY header has been read, which
+        is before the first bytes reach this protocol.
+        """
+        peer = self.transport.getPeer()
+        self.session.client = Address(getattr(peer, "host", str(peer)), getattr(peer, "port", 0))
+        self._allowed = client_allowed(self.session.client.host, self.factory.service.clients)
+
     # -- client bytes -------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if not self._identified:
+            self._identified = True
+            self._identify_client()
         session = self.session
         session.bytes_in += len(data)
         if self._idle is not None:
             self._idle.touch()
         if self._closing:
             return
+        if not self._reading:
+            # The upstream, as our producer's consumer, may have resumed us
+            # while we wait for a response: pipelined bytes wait in h11, and
+            # reading stops again so they cannot pile up.
+            self.transport.pauseProducing()
         if not self._line_seen and self._conn.their_state is h11.IDLE:
             self._line_seen = b"\n" in data
         self._conn.receive_data(data)
