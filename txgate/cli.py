@@ -13,7 +13,7 @@ import sys
 from typing import Sequence, TextIO
 
 from txgate.config import load_config, load_default_config
-from txgate.errors import ConfigErrors
+from txgate.errors import ConfigError, ConfigErrors
 
 __all__ = ["main"]
 
@@ -39,10 +39,7 @@ def _plugins(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         config = load_config(args.config) if args.config else load_default_config()
         registry = discover(config.txgate.plugin_path, config.path)
-    except ConfigErrors as e:
-        err.write(f"{e}\n")
-        return 1
-    except Exception as e:  # ConfigError from discovery
+    except (ConfigErrors, ConfigError) as e:
         err.write(f"{e}\n")
         return 1
     rows = [(p.kind, p.name, p.origin) for p in registry.plugins]

@@ -114,6 +114,33 @@ def _set_search_path(directories: Sequence[str]) -> None:
     txgate.dropins.__path__[:] = [os.path.dirname(txgate.dropins.__file__)] + paths
 
 
+def _check_module_names(directories: Sequence[str], config_path: str) -> None:
+    """
+    Refuse two plugin modules of one name: Python imports only the first, so
+    the other would be silently ignored.
+
+    @raise ConfigError: naming both files and the C{plugin_path} entry.
+    """
+    first: dict[str, str] = {}
+    for index, directory in enumerate(directories):
+        for entry in sorted(os.listdir(directory)):
+            path = os.path.join(directory, entry)
+            if entry.endswith(".py"):
+                name = entry[:-3]
+            elif os.path.isfile(os.path.join(path, "__init__.py")):
+                name = entry
+            else:
+                continue
+            if name.startswith("_"):
+                continue
+            if name in first:
+                key = f"txgate.plugin_path[{index - 1}]" if index else "txgate.plugin_path"
+                raise ConfigError(
+                    config_path, key, f"plugin module {path} has the same name as {first[name]}; rename one"
+                )
+            first[name] = path
+
+
 def _preload() -> tuple[list[Failure], dict[int, str]]:
     """
     Import every plugin module once, so a module that fails is reported by
@@ -162,12 +189,19 @@ def discover(plugin_path: Iterable[str] = (), config_path: str = "<defaults>") -
             raise ConfigError(
                 config_path, f"txgate.plugin_path[{index}]", f"{directory!r} is not a directory"
             )
-    _set_search_path([builtin_plugin_dir(), *extra])
+    directories = [builtin_plugin_dir(), *extra]
+    _check_module_names(directories, config_path)
+    _set_search_path(directories)
     failures, origins = _preload()
     plugins: list[Plugin] = []
     seen: dict[tuple[str, str], str] = {}
+    # One getPlugins pass for every kind: each pass retries (and logs) the
+    # import of a module that fails, so a pass per kind would log it four times.
+    found = list(getPlugins(IPlugin, txgate.dropins))
     for kind, interface in KINDS.items():
-        for provider in getPlugins(interface, txgate.dropins):
+        for provider in found:
+            if not interface.providedBy(provider):
+                continue
             origin = origins.get(id(provider))
             if origin is None:
                 continue  # a module that failed to import (already reported)

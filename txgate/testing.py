@@ -45,7 +45,8 @@ def assert_provides(testcase: SynchronousTestCase, interface: InterfaceClass, ob
 class HalfCloseableStringTransport(StringTransport):
     """
     A L{StringTransport} that also records half-closes
-    (C{loseWriteConnection}), as TCP transports allow.
+    (C{loseWriteConnection}), as TCP transports allow, and refuses anything
+    but C{bytes} as real transports do.
 
     @ivar write_closed: whether C{loseWriteConnection} was called.
     """
@@ -54,6 +55,16 @@ class HalfCloseableStringTransport(StringTransport):
 
     def loseWriteConnection(self) -> None:
         self.write_closed = True
+
+    def write(self, data: bytes) -> None:
+        # As strict as a real transport, which refuses anything but bytes.
+        if type(data) is not bytes:
+            raise TypeError(f"Data must be bytes, got {type(data).__name__}")
+        super().write(data)
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        for piece in data:
+            self.write(piece)
 
 
 def make_upstream(host: str = "192.0.2.10", port: int = 80) -> Upstream:

@@ -417,3 +417,25 @@ class ConnectTests(SynchronousTestCase):
         h.connector.pending[0].deferred.errback(Failure(error.ConnectionRefusedError()))
         self.assertTrue(client.value().startswith(b"HTTP/1.1 502 "))
         self.assertEqual(h.records.events[0]["target"], "origin.test:443")
+
+
+class HeadLimitTests(SynchronousTestCase):
+    """
+    The head limit holds however the head arrives.
+    """
+
+    def test_whole_oversized_head(self) -> None:
+        """A complete 70 KiB head arriving in one read still gets 431, and nothing goes upstream."""
+        h = _Harness()
+        proxy, client = h.client()
+        head = b"GET http://x/ HTTP/1.1\r\nHost: x\r\nX-Big: " + b"v" * (70 * 1024) + b"\r\n\r\n"
+        proxy.dataReceived(head)
+        self.assertTrue(client.value().startswith(b"HTTP/1.1 431 "))
+        self.assertEqual(h.connector.pending, [])
+
+    def test_whole_oversized_line(self) -> None:
+        """A complete request with a 70 KiB target in one read gets 414."""
+        h = _Harness()
+        proxy, client = h.client()
+        proxy.dataReceived(b"GET http://x/" + b"a" * (70 * 1024) + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(client.value().startswith(b"HTTP/1.1 414 "))

@@ -9,6 +9,8 @@ what was expected, so an operator fixes them all in one round.
 from __future__ import annotations
 
 import ipaddress
+import json
+import math
 import re
 import tomllib
 from importlib import resources
@@ -59,9 +61,18 @@ def _boolean(value: Any) -> bool:
     return value
 
 
+def _toml(value: Any) -> str:
+    """A value as the operator wrote it in TOML (C{true}, not C{True})."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (str, int, float)):
+        return json.dumps(value)
+    return _kind(value)
+
+
 def _seconds(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise _Bad(f"expected a positive number of seconds, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
+        raise _Bad(f"expected a positive number of seconds, got {_toml(value)}")
     return float(value)
 
 
@@ -69,14 +80,14 @@ def _header_size(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not (
         1024 <= value <= 1 << 24
     ):
-        raise _Bad(f"expected a whole number of bytes from 1024 to 16777216, got {value!r}")
+        raise _Bad(f"expected a whole number of bytes from 1024 to 16777216, got {_toml(value)}")
     return value
 
 
 def _choice(*choices: str) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if value not in choices:
-            raise _Bad(f"expected one of {', '.join(map(repr, choices))}, got {value!r}")
+            raise _Bad(f"expected one of {', '.join(map(json.dumps, choices))}, got {_toml(value)}")
         return value
 
     return check
@@ -94,6 +105,10 @@ def _networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network
 
 def _endpoint(value: Any) -> str:
     value = _string(value)
+    if _unwrapped(value).startswith("systemd:"):
+        # Parsing a systemd: string looks up the sockets systemd passed in,
+        # which exist only when systemd starts txgate: checked at start.
+        return value
     try:
         _describe_listener(value)
     except Exception as e:
@@ -179,6 +194,10 @@ def parse_config(text: str, path: str) -> Config:
     """
     try:
         document = tomllib.loads(text)
+    except RecursionError:
+        raise ConfigErrors(
+            (ConfigError(path, "", "TOML syntax: arrays or inline tables nested too deeply"),)
+        ) from None
     except tomllib.TOMLDecodeError as e:
         line, column = _position(str(e))
         message = re.sub(r"\s*\(at line \d+, column \d+\)$", "", str(e))
@@ -196,7 +215,7 @@ def parse_config(text: str, path: str) -> Config:
     if not isinstance(raw_services, list):
         errors.add("service", "expected an array of tables ([[service]])")
         raw_services = []
-    if not raw_services:
+    elif not raw_services:
         errors.add("service", "at least one [[service]] is needed")
     for index, raw in enumerate(raw_services):
         prefix = f"service[{index}]"
@@ -229,7 +248,11 @@ def load_config(path: str) -> Config:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ConfigErrors((ConfigError(path, "", f"not UTF-8: {e}"),)) from None
+        line = raw.count(b"\n", 0, e.start) + 1
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ConfigErrors(
+            (ConfigError(path, "", f"not UTF-8: byte 0x{raw[e.start]:02x} cannot be decoded", line, column),)
+        ) from None
     return parse_config(text, path)
 
 
@@ -294,6 +317,12 @@ class _NoReactor:
     """
 
 
+def _unwrapped(description: str) -> str:
+    while description.startswith("haproxy:"):
+        description = description[len("haproxy:"):]
+    return description
+
+
 def _describe_listener(description: str) -> tuple[str, str, object] | None:
     """
     Parse an endpoint string the way twistd will, and say which socket it
@@ -301,6 +330,8 @@ def _describe_listener(description: str) -> tuple[str, str, object] | None:
 
     @raise Exception: whatever Twisted's parser raises for a bad string.
     """
+    if _unwrapped(description).startswith("systemd:"):
+        return None
     endpoint = serverFromString(_NoReactor(), description)  # type: ignore[arg-type]
     while hasattr(endpoint, "_wrappedEndpoint"):
         endpoint = endpoint._wrappedEndpoint

@@ -50,6 +50,24 @@ _REASONS = {
 _RETRYABLE = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 
 
+def _as_bytes(pieces: list[Any] | None) -> list[bytes]:
+    """
+    h11 hands out body data as slices of its receive buffer (bytearray);
+    Twisted transports take only bytes.
+    """
+    if not pieces:
+        return []
+    return [p if type(p) is bytes else bytes(p) for p in pieces]
+
+
+def _head_size(request: h11.Request) -> int:
+    """The size of a request head as sent, near enough to enforce a limit."""
+    size = len(request.method) + len(request.target) + 12
+    for name, value in request.headers.raw_items():
+        size += len(name) + len(value) + 4
+    return size
+
+
 class ExplicitProxyFactory(Factory):
     """
     Shared state of one explicit service: its settings, the upstream pool,
@@ -242,7 +260,7 @@ class ExplicitProxy(Delegating):
 
     def send(self, event: Any) -> None:
         """Frame C{event} with the client's h11 state and write it."""
-        pieces = self._conn.send_with_data_passthrough(event)
+        pieces = _as_bytes(self._conn.send_with_data_passthrough(event))
         if pieces:
             self.session.bytes_out += sum(len(p) for p in pieces)
             self.transport.writeSequence(pieces)
@@ -307,6 +325,15 @@ class ExplicitProxy(Delegating):
         method = request.method.decode("ascii", "replace")
         raw_target = request.target.decode("ascii", "replace")
         transaction = self._transaction(method, raw_target)
+        limit = self.factory.service.max_header_size
+        if _head_size(request) > limit:
+            # h11 enforces its cap only on heads still incomplete; one that
+            # arrives whole in a single read is checked here.
+            if len(request.target) + len(request.method) + 12 > limit:
+                self.error(transaction, 414, f"request line longer than {limit} bytes")
+            else:
+                self.error(transaction, 431, f"request head larger than {limit} bytes")
+            return
         try:
             target = parse_target(request.method, request.target)
         except PeerProtocolError as e:
@@ -453,7 +480,7 @@ class _Exchange:
 
     def _write_upstream(self, event: Any) -> None:
         assert self._upstream is not None
-        pieces = self._upstream.h11.send_with_data_passthrough(event)
+        pieces = _as_bytes(self._upstream.h11.send_with_data_passthrough(event))
         if pieces:
             self._upstream.transport.writeSequence(pieces)
 

@@ -115,7 +115,11 @@ class ForwardService(MultiService):
         for service in self.config.services:
             factory = self._factory(service)
             self.factories[service.name] = factory
-            endpoint = serverFromString(self.reactor, service.listen)
+            try:
+                endpoint = serverFromString(self.reactor, service.listen)
+            except Exception as e:  # e.g. systemd: without the sockets systemd passes
+                self._listen_failed(Failure(e), service)
+                continue
             d = endpoint.listen(factory)
             d.addCallbacks(self._listening, self._listen_failed, (service,), None, (service,))
 

@@ -1,0 +1,77 @@
+# txgate's build and test entry points.
+#
+#   make venv         .venv with txgate installed editable, plus the test extra
+#   make system-deps  Debian packages the end-to-end tests drive (root, apt-get)
+#   make run          twistd -n txgate forward with the embedded defaults
+#   make test         all three test tiers with trial (TESTS=tests.e2e for one tier)
+#   make clean        remove what the targets above made
+#
+# .ci/run calls `make test` and reads trial's summary line.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.stamp
+TESTS  ?= tests
+TRIAL_ARGS ?=
+
+# command:package pairs for `system-deps`; a package is installed when its
+# command is missing. nginx-light is the smallest build with ssl and sendfile.
+SYSTEM_DEPS := nginx:nginx-light curl:curl openssl:openssl socat:socat ps:procps unshare:util-linux
+
+.PHONY: all venv setup system-deps run test clean
+
+all: venv
+
+venv setup: $(STAMP)
+
+# The stamp is newer than pyproject.toml once the install has succeeded, so a
+# second `make venv` does nothing. editable_mode=compat installs a .pth naming
+# the checkout instead of setuptools' import-hook finder: twistd looks for
+# twisted/plugins/txgate_plugin.py in the sys.path entries themselves, and the
+# finder hides it (`twistd --help` would not list txgate).
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q \
+		--config-settings editable_mode=compat -e '.[test]'
+	@touch $@
+
+# Checks commands, not package names, so a tool installed some other way
+# counts; apt-get update runs only when something is missing. A temporary
+# policy-rc.d (exit 101) stops the nginx package from starting a system nginx
+# on port 80 as it installs; the tests start their own.
+system-deps:
+	@set -e; \
+	export PATH="$$PATH:/usr/local/sbin:/usr/sbin:/sbin"; \
+	missing=""; \
+	for pair in $(SYSTEM_DEPS); do \
+		command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+	done; \
+	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -z "$$missing" ]; then echo "system-deps: all present"; exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+		echo "system-deps: missing:$$missing; run 'make system-deps' as root" >&2; exit 1; \
+	fi; \
+	echo "system-deps: installing$$missing"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	policy=""; \
+	if [ ! -e /usr/sbin/policy-rc.d ]; then \
+		printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; \
+		policy=/usr/sbin/policy-rc.d; \
+	fi; \
+	trap 'test -z "$$policy" || rm -f "$$policy"' EXIT; \
+	apt-get update -qq; \
+	apt-get install -y -qq --no-install-recommends $$missing
+
+run: $(STAMP)
+	$(BIN)/twistd -n --pidfile= txgate forward
+
+# python -m puts the checkout on sys.path, so the `tests` package is found
+# however txgate itself was installed.
+test: system-deps $(STAMP)
+	$(BIN)/python -m twisted.trial $(TRIAL_ARGS) $(TESTS)
+
+clean:
+	rm -rf $(VENV) _trial_temp* build dist *.egg-info .hypothesis .ci/test.log
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	find . -name dropin.cache -type f -delete
