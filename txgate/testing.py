@@ -58,13 +58,18 @@ class HalfCloseableStringTransport(StringTransport):
 
     def write(self, data: bytes) -> None:
         # As strict as a real transport, which refuses anything but bytes.
-        if type(data) is not bytes:
-            raise TypeError(f"Data must be bytes, got {type(data).__name__}")
+        _check_bytes(data)
         super().write(data)
 
     def writeSequence(self, data: list[bytes]) -> None:
         for piece in data:
-            self.write(piece)
+            _check_bytes(piece)
+        super().writeSequence(data)
+
+
+def _check_bytes(data: object) -> None:
+    if type(data) is not bytes:
+        raise TypeError(f"Data must be bytes, got {type(data).__name__}")
 
 
 def make_upstream(host: str = "192.0.2.10", port: int = 80) -> Upstream:

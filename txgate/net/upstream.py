@@ -176,9 +176,12 @@ class UpstreamPool:
 
     def put(self, scheme: str, host: str, port: int, upstream: Upstream) -> None:
         """Keep C{upstream} for reuse, or close it when the pool is full."""
+        if upstream.lost is not None or upstream.eof:
+            upstream.transport.loseConnection()
+            return
         key = _PoolKey(scheme, host, port)
         idle = self._idle.setdefault(key, [])
-        if len(idle) >= self.max_idle_per_key or upstream.lost is not None:
+        if len(idle) >= self.max_idle_per_key:
             upstream.transport.loseConnection()
             return
         watcher = _IdleWatcher(self, key, upstream)
