@@ -19,7 +19,7 @@ TRIAL_ARGS ?=
 # command is missing. nginx-light is the smallest build with ssl and sendfile.
 SYSTEM_DEPS := nginx:nginx-light curl:curl openssl:openssl socat:socat ps:procps unshare:util-linux
 
-.PHONY: all venv setup system-deps run test clean
+.PHONY: all venv setup system-deps run test clean bench-policy
 
 all: venv
 
@@ -75,3 +75,7 @@ clean:
 	rm -rf $(VENV) _trial_temp* build dist *.egg-info .hypothesis .ci/test.log
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 	find . -name dropin.cache -type f -delete
+
+# Benchmarks are not tests: run them on an idle machine and compare ratios.
+bench-policy: $(STAMP)
+	$(BIN)/python bench/policy_decisions.py

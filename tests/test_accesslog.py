@@ -16,6 +16,7 @@ RECORD = dict(
     session="a1b2c3-7",
     seq=2,
     client="127.0.0.1:40000",
+    user="alice",
     service="explicit",
     client_protocol="http",
     tunneled=False,
@@ -40,7 +41,7 @@ class FormatTests(SynchronousTestCase):
         """Text lines are the documented columns, C{-} for empty, the reason quoted last."""
         self.assertEqual(
             format_text(RECORD),
-            '2026-11-21T16:00:00.250Z a1b2c3-7.2 127.0.0.1:40000 explicit http no GET'
+            '2026-11-21T16:00:00.250Z a1b2c3-7.2 127.0.0.1:40000 alice explicit http no GET'
             ' http://origin.test/a%20b 200 allow 120 5000 12 reused "-"',
         )
 

@@ -142,3 +142,24 @@ class InstalledWheelTests(SynchronousTestCase):
         path = os.path.join(REPO, "etc", "forward.toml")
         result = self.run_installed("txgate", "check-config", path)
         self.assertEqual((result.returncode, result.stdout), (0, f"{path}: ok\n"), msg=result.stderr)
+
+
+class PackageListTests(SynchronousTestCase):
+    """
+    pyproject.toml lists packages by hand (twisted/plugins must be named
+    explicitly), so a new package directory must be added there too.
+    """
+
+    def test_every_package_listed(self) -> None:
+        """Every directory under txgate/ with an __init__.py is in [tool.setuptools] packages."""
+        import tomllib
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+            listed = set(tomllib.load(f)["tool"]["setuptools"]["packages"])
+        found = {
+            os.path.relpath(directory, root).replace(os.sep, ".")
+            for directory, _, files in os.walk(os.path.join(root, "txgate"))
+            if "__init__.py" in files
+        }
+        self.assertEqual(found - listed, set())

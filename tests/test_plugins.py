@@ -366,5 +366,4 @@ class DiscoveryErrorTests(DropInMixin, SynchronousTestCase):
             '[[service]]\nname = "x"\nkind = "explicit-http"\nlisten = "tcp:0"\n',
             "/etc/txgate/forward.toml",
         )
-        registry, policy = prepare(config)
-        self.assertTrue({"echo", "tunnel"} <= registry.names())
+        self.assertTrue({"echo", "tunnel"} <= prepare(config).registry.names())

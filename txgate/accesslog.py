@@ -24,6 +24,7 @@ FIELDS = (
     "session",
     "seq",
     "client",
+    "user",
     "service",
     "client_protocol",
     "tunneled",
@@ -54,9 +55,9 @@ def _dash(value: Any) -> str:
 
 def format_text(record: dict[str, Any]) -> str:
     """
-    One line: C{time session.seq client service client_protocol tunneled
-    method target status verdict bytes_in bytes_out duration_ms upstream
-    "reason"}, C{-} for an empty field.
+    One line: C{time session.seq client user service client_protocol
+    tunneled method target status verdict bytes_in bytes_out duration_ms
+    upstream "reason"}, C{-} for an empty field.
     """
     reason = record.get("reason") or "-"
     reason = reason.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
@@ -65,6 +66,7 @@ def format_text(record: dict[str, Any]) -> str:
             _timestamp(record["time"]),
             f"{record['session']}.{record['seq']}",
             _dash(record["client"]),
+            _dash(record.get("user")),
             _dash(record["service"]),
             _dash(record["client_protocol"]),
             "yes" if record["tunneled"] else "no",

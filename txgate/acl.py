@@ -8,7 +8,26 @@ from __future__ import annotations
 import ipaddress
 from typing import Iterable
 
-__all__ = ["client_allowed"]
+__all__ = ["client_allowed", "parse_address"]
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_address(text: str) -> Address | None:
+    """
+    An IP literal as an address, with an IPv4 address mapped into IPv6
+    (C{::ffff:10.1.2.3}) as the IPv4 address it carries and any zone id
+    (C{%eth0}) dropped; C{None} for anything that is not an IP literal.
+    """
+    if len(text) > 64:  # longer than any IP literal, even with a zone id
+        return None
+    try:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 def client_allowed(
@@ -21,10 +40,5 @@ def client_allowed(
     @return: whether C{host} is inside one of C{networks}. A host that is not
         an IP address (a UNIX socket peer) is never allowed by an IP list.
     """
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in network for network in networks)
+    address = parse_address(host)
+    return address is not None and any(address in network for network in networks)

@@ -35,6 +35,7 @@ __all__ = [
     "HandoffContext",
     "Checkpoint",
     "Decision",
+    "PolicyEnvironment",
 ]
 
 
@@ -177,13 +178,20 @@ class Decision:
     @ivar allow: the verdict.
     @ivar reason: why, shown in the error page and the log (e.g. the rule's
         C{file:line} and DENY text).
-    @ivar properties: other properties set by policy
-        (C{ssl.forward_proxy}, C{detect_protocol} ...).
+    @ivar properties: other properties set by policy: C{ssl.forward_proxy}
+        (C{"no"}, C{"yes"}, C{"https"}), C{detect_protocol} (absent, or an
+        object with C{enabled(protocol, service_default)} and
+        C{any_enabled(service_default)}), C{tunnel_on_error} (bool or absent),
+        C{authenticate} (a realm name or C{None}), C{access_log} and
+        C{server.certificate.validate} (bool).
+    @ivar matched: where the rules that applied are (C{file:line}), for
+        policy traces.
     """
 
     allow: bool
     reason: str = ""
     properties: Mapping[str, object] = attrs.field(factory=dict)
+    matched: tuple[str, ...] = ()
 
     @property
     def verdict(self) -> str:
@@ -214,8 +222,24 @@ class IPolicyProvider(Interface):
         @return: whether this provider reads the file at C{path} (by suffix).
         """
 
-    def load(path: str, default_allow: bool) -> IPolicy:
+    def load(path: str, default_allow: bool, environment: PolicyEnvironment) -> IPolicy:
         """
-        @raise txgate.errors.ConfigError: the file is not valid policy; the error
-            names the file and line:column.
+        @param default_allow: the verdict when no rule decides
+            (C{default_policy}).
+        @param environment: the names the policy may refer to besides its own.
+        @raise txgate.errors.ConfigErrors: the file is not valid policy; each
+            error names the file and line:column.
         """
+
+
+@attrs.frozen
+class PolicyEnvironment:
+    """
+    What a policy file may refer to that the configuration defines.
+
+    @ivar categories: category names loaded from C{[txgate] categories}.
+    @ivar realms: authentication realm names (C{[realm.NAME]} tables).
+    """
+
+    categories: frozenset[str] = frozenset()
+    realms: frozenset[str] = frozenset()

@@ -7,14 +7,17 @@ touches the global reactor.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, Mapping
+
+import attrs
 
 from twisted.python import usage
 
 from txgate.config import Config, load_config, load_default_config
 from txgate.errors import ConfigError, ConfigErrors
+from txgate.interfaces import PolicyEnvironment
 
-__all__ = ["Options", "makeService", "prepare"]
+__all__ = ["Options", "Prepared", "makeService", "prepare"]
 
 
 class ForwardOptions(usage.Options):
@@ -41,13 +44,46 @@ class Options(usage.Options):
             raise usage.UsageError("name a mode: forward")
 
 
-def prepare(config: Config) -> tuple[Any, Any]:
+@attrs.frozen
+class Prepared:
+    """
+    Everything a configuration loads before anything listens.
+
+    @ivar categories: the category lists of C{[txgate] categories}.
+    @ivar realms: the authentication realms, by name.
+    """
+
+    config: Config
+    registry: Any
+    policy: Any
+    environment: PolicyEnvironment
+    categories: Any
+    realms: Mapping[str, Any]
+
+
+def environment_of(config: Config) -> tuple[PolicyEnvironment, Any]:
+    """
+    The names a policy may use under C{config} (categories, realms), and the
+    loaded categories.
+
+    @raise ConfigErrors: a category file is broken.
+    """
+    from txgate.policy.categories import load_configured
+
+    categories = load_configured(config)
+    environment = PolicyEnvironment(categories=frozenset(categories.names()), realms=frozenset(config.realms))
+    return environment, categories
+
+
+def prepare(config: Config) -> Prepared:
     """
     Everything that can refuse a configuration before anything listens:
-    plugin discovery, required plugins, the policy file.
+    plugin discovery, required plugins, category lists, realms, the policy
+    file.
 
-    @raise ConfigErrors: naming the file and key of each problem.
+    @raise ConfigErrors: naming the file and key (or line) of each problem.
     """
+    from txgate.auth import load_realms
     from txgate.net.service import load_policy
     from txgate.plugins import discover
 
@@ -61,10 +97,12 @@ def prepare(config: Config) -> tuple[Any, Any]:
             errors.append(ConfigError(config.path, "txgate.required_plugins", f"plugin {name!r} is not available{why}"))
         if errors:
             raise ConfigErrors(tuple(errors))
-        policy = load_policy(config, registry)
+        environment, categories = environment_of(config)
+        realms = load_realms(config)
+        policy = load_policy(config, registry, environment)
     except ConfigError as e:
         raise ConfigErrors((e,)) from None
-    return registry, policy
+    return Prepared(config, registry, policy, environment, categories, realms)
 
 
 def makeService(options: Options) -> Any:
@@ -76,16 +114,16 @@ def makeService(options: Options) -> Any:
     sub = options.subOptions
     try:
         config = load_config(sub["config"]) if sub["config"] else load_default_config()
-        registry, policy = prepare(config)
+        prepared = prepare(config)
     except ConfigErrors as e:
         sys.stderr.write(f"txgate: refusing to start:\n{e}\n")
         raise SystemExit(1) from None
     log = Logger(namespace="txgate")
-    for failure in registry.failures:
+    for failure in prepared.registry.failures:
         log.error(
             "plugin {module} ({origin}) could not be loaded: {error}",
             module=failure.module,
             origin=failure.origin,
             error=failure.error,
         )
-    return ForwardService(config, registry, policy, reactor)
+    return ForwardService(prepared, reactor)

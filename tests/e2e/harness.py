@@ -479,7 +479,7 @@ async def _start_txgate(
 # ---------------------------------------------------------------- access log
 
 _TEXT_FIELDS = (
-    "time session client service client_protocol tunneled method target status "
+    "time session client user service client_protocol tunneled method target status "
     "verdict bytes_in bytes_out duration_ms upstream"
 ).split()
 
@@ -514,7 +514,7 @@ def parse_access_line(line: str) -> dict[str, Any]:
     }
     session, _, seq = parts[1].rpartition(".")
     record["session"], record["seq"] = session, int(seq)
-    record["tunneled"] = {"yes": True, "no": False}[parts[5]]
+    record["tunneled"] = {"yes": True, "no": False}[parts[_TEXT_FIELDS.index("tunneled")]]
     for name in ("status", "bytes_in", "bytes_out", "duration_ms"):
         if record[name] is not None:
             record[name] = int(record[name])

@@ -6,6 +6,8 @@ there points at txgate, not at the harness.
 
 from __future__ import annotations
 
+import json
+
 import hashlib
 import os
 
@@ -75,7 +77,7 @@ class HelperTests(SynchronousTestCase):
         quoted reason unescaped and C{-} as None.
         """
         line = (
-            '2026-11-21T16:00:00.123Z 1f.2 127.0.0.1:5555 explicit http no GET '
+            '2026-11-21T16:00:00.123Z 1f.2 127.0.0.1:5555 alice explicit http no GET '
             'http://h:80/p 502 allow 77 310 12 - "dns lookup failed for \\"h\\""'
         )
         self.assertEqual(
@@ -85,6 +87,7 @@ class HelperTests(SynchronousTestCase):
                 "session": "1f",
                 "seq": 2,
                 "client": "127.0.0.1:5555",
+                "user": "alice",
                 "service": "explicit",
                 "client_protocol": "http",
                 "tunneled": False,
@@ -99,6 +102,18 @@ class HelperTests(SynchronousTestCase):
                 "reason": 'dns lookup failed for "h"',
             },
         )
+
+    def test_parse_what_txgate_writes(self) -> None:
+        """The parser reads txgate's own text format back into the JSON shape."""
+        from txgate.accesslog import FIELDS, format_json, format_text
+
+        record = {name: None for name in FIELDS}
+        record.update(
+            time=1795276800.5, session="ab-1", seq=3, client="[::1]:4000", service="explicit",
+            client_protocol="tcp", tunneled=True, method="CONNECT", target="h:443", status=200,
+            verdict="allow", bytes_in=1, bytes_out=2, duration_ms=3, upstream="new", reason="closed by both sides",
+        )
+        self.assertEqual(parse_access_line(format_text(record)), json.loads(format_json(record)))
 
     def test_pattern_file(self) -> None:
         """

@@ -439,3 +439,26 @@ class HeadLimitTests(SynchronousTestCase):
         proxy, client = h.client()
         proxy.dataReceived(b"GET http://x/" + b"a" * (70 * 1024) + b" HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertTrue(client.value().startswith(b"HTTP/1.1 414 "))
+
+
+class PoolSafetyTests(SynchronousTestCase):
+    """
+    An upstream connection goes back to the pool only when nothing of the
+    last exchange is left on it.
+    """
+
+    def test_extra_bytes_not_pooled(self) -> None:
+        """
+        A server that sends more than one response's bytes is closed, and the
+        next client's request gets a fresh connection, never the stale bytes.
+        """
+        h = _Harness()
+        proxy, client = h.client()
+        proxy.dataReceived(GET)
+        upstream = h.connector.pending[0].succeed()
+        upstream.dataReceived(OK + b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nstale!")
+        self.assertTrue(upstream.transport.disconnecting)
+        other, other_client = h.client("127.0.0.2")
+        other.dataReceived(GET)
+        self.assertEqual(len(h.connector.pending), 2)
+        self.assertNotIn(b"stale!", other_client.value())

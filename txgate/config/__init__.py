@@ -6,15 +6,18 @@ Pure: reads files and returns values or L{txgate.errors.ConfigErrors}; it never
 listens, connects or installs a reactor.
 """
 
+from txgate.config._files import read_text
 from txgate.config._load import load_config, load_default_config, parse_config
-from txgate.config._model import Config, ServiceConfig, TxgateConfig, SERVICE_KINDS
+from txgate.config._model import Config, RealmConfig, ServiceConfig, TxgateConfig, SERVICE_KINDS
 
 __all__ = [
     "Config",
+    "RealmConfig",
     "ServiceConfig",
     "TxgateConfig",
     "SERVICE_KINDS",
     "load_config",
     "load_default_config",
     "parse_config",
+    "read_text",
 ]

@@ -18,10 +18,12 @@ from typing import Any, Callable
 
 from twisted.internet.endpoints import serverFromString
 
+from txgate.config._files import read_text
 from txgate.config._model import (
     DEFAULT_CLIENTS,
     SERVICE_KINDS,
     Config,
+    RealmConfig,
     ServiceConfig,
     TxgateConfig,
 )
@@ -136,8 +138,10 @@ _TXGATE_KEYS: dict[str, Callable[[Any], Any]] = {
     "access_log": _string,
     "access_log_format": _choice("text", "json"),
     "policy": _string,
+    "policy_trace": _boolean,
     "default_policy": _choice("allow", "deny"),
     "required_plugins": _strings,
+    "categories": _strings,
 }
 
 _SERVICE_KEYS: dict[str, Callable[[Any], Any]] = {
@@ -152,6 +156,49 @@ _SERVICE_KEYS: dict[str, Callable[[Any], Any]] = {
     "tunnel_on_protocol_error": _boolean,
 }
 _SERVICE_REQUIRED = ("name", "kind", "listen")
+
+
+def _ttl(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value < math.inf):
+        raise _Bad(f"expected a number of seconds, 0 or more, got {_toml(value)}")
+    return float(value)
+
+
+_REALM_KEYS: dict[str, Callable[[Any], Any]] = {
+    "htpasswd": _string,
+    "credentials_ttl": _ttl,
+}
+
+_REALM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+"""
+Realm names: an HTTP token (it is sent in C{Proxy-Authenticate: Basic
+realm="NAME"}) that is also a CPL word (C{authenticate(NAME)}).
+"""
+
+
+def _realms(errors: "_Collector", raw: Any) -> dict[str, RealmConfig]:
+    """The C{[realm.NAME]} tables, each checked like a section."""
+    if not isinstance(raw, dict):
+        errors.add("realm", "expected tables of realms ([realm.NAME])")
+        return {}
+    realms = {}
+    for name, table in raw.items():
+        prefix = f"realm.{name}"
+        if not _REALM_NAME.fullmatch(name):
+            errors.add(
+                prefix,
+                f"expected a realm name of letters, digits, '_', '.', '-' (at most 64), got {name!r}",
+            )
+            continue
+        if name.lower() == "no":
+            errors.add(prefix, "'no' cannot name a realm: authenticate(no) turns authentication off")
+            continue
+        values = errors.table(prefix, table, _REALM_KEYS)
+        if isinstance(table, dict) and "htpasswd" not in table:
+            errors.add(f"{prefix}.htpasswd", "required key is missing")
+        if "htpasswd" in values:
+            realms[name] = RealmConfig(name=name, **values)
+    return realms
 
 
 class _Collector:
@@ -206,8 +253,8 @@ def parse_config(text: str, path: str) -> Config:
         ) from None
     errors = _Collector(path)
     for key in document:
-        if key not in ("txgate", "service"):
-            errors.add(key, "unknown section (known: txgate, service)")
+        if key not in ("txgate", "service", "realm"):
+            errors.add(key, "unknown section (known: txgate, service, realm)")
     txgate = TxgateConfig(**errors.table("txgate", document.get("txgate", {}), _TXGATE_KEYS))
 
     services = []
@@ -229,9 +276,10 @@ def parse_config(text: str, path: str) -> Config:
 
     _check_unique_names(errors, services)
     _check_overlaps(errors, services)
+    realms = _realms(errors, document.get("realm", {}))
     if errors.errors:
         raise ConfigErrors(tuple(errors.errors))
-    return Config(path=path, txgate=txgate, services=tuple(s for _, s in services))
+    return Config(path=path, txgate=txgate, services=tuple(s for _, s in services), realms=realms)
 
 
 def load_config(path: str) -> Config:
@@ -240,20 +288,7 @@ def load_config(path: str) -> Config:
 
     @raise ConfigErrors: naming the file and each bad key.
     """
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise ConfigErrors((ConfigError(path, "", f"cannot read: {e.strerror}"),)) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
-        raise ConfigErrors(
-            (ConfigError(path, "", f"not UTF-8: byte 0x{raw[e.start]:02x} cannot be decoded", line, column),)
-        ) from None
-    return parse_config(text, path)
+    return parse_config(read_text(path), path)
 
 
 def load_default_config() -> Config:

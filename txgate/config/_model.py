@@ -6,6 +6,7 @@ The validated configuration values.
 from __future__ import annotations
 
 import ipaddress
+from typing import Mapping
 
 import attrs
 
@@ -34,8 +35,10 @@ class TxgateConfig:
     access_log: str = "var/log/access.log"
     access_log_format: str = "text"
     policy: str = ""
+    policy_trace: bool = False
     default_policy: str = "allow"
     required_plugins: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -54,13 +57,32 @@ class ServiceConfig:
 
 
 @attrs.frozen
+class RealmConfig:
+    """
+    One C{[realm.NAME]} table: an authentication realm policy can name in
+    C{authenticate(NAME)}.
+
+    @ivar name: the realm, sent to clients in C{Proxy-Authenticate}.
+    @ivar htpasswd: the password file (bcrypt or salted SHA-1 entries).
+    @ivar credentials_ttl: seconds a verified C{Proxy-Authorization} value is
+        accepted again without hashing the password; 0 hashes every request.
+    """
+
+    name: str
+    htpasswd: str
+    credentials_ttl: float = 300.0
+
+
+@attrs.frozen
 class Config:
     """
     A whole validated configuration.
 
     @ivar path: the file it came from (C{"<defaults>"} for the embedded one).
+    @ivar realms: the C{[realm.NAME]} tables by name.
     """
 
     path: str
     txgate: TxgateConfig
     services: tuple[ServiceConfig, ...]
+    realms: Mapping[str, RealmConfig] = attrs.field(factory=dict)

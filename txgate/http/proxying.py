@@ -69,6 +69,14 @@ class Target:
             return host
         return f"{host}:{self.port}"
 
+    def facts(self) -> dict[str, object]:
+        """The C{url.*} facts policy conditions read."""
+        facts: dict[str, object] = {"url.host": self.host, "url.port": self.port}
+        if self.scheme is not None:
+            facts["url.scheme"] = self.scheme
+            facts["url.path"] = self.path.decode("ascii", "replace")
+        return facts
+
     def url(self) -> str:
         """The target as the access log writes it."""
         if self.scheme is None:

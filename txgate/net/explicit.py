@@ -10,7 +10,7 @@ keeps the books (session counters, access log).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import attrs
 import h11
@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txgate.accesslog import AccessLog
+from txgate.auth import Refused, is_revocation_fetch
 from txgate.acl import client_allowed
 from txgate.config import ServiceConfig
 from txgate.errors import PeerProtocolError
@@ -29,7 +30,7 @@ from txgate.http.proxying import (
     request_headers_upstream,
     response_headers_downstream,
 )
-from txgate.interfaces import Checkpoint
+from txgate.interfaces import Checkpoint, Decision
 from txgate.net.idle import IdleWatch
 from txgate.net.pipeline import Delegating, Pipeline, PipelineSettings
 from txgate.net.upstream import Connector, Upstream, UpstreamPool, describe_connect_failure
@@ -40,6 +41,7 @@ __all__ = ["ExplicitProxyFactory", "ExplicitProxy"]
 _REASONS = {
     400: "Bad Request",
     403: "Forbidden",
+    407: "Proxy Authentication Required",
     408: "Request Timeout",
     414: "URI Too Long",
     431: "Request Header Fields Too Large",
@@ -111,9 +113,11 @@ class _Transaction:
     bytes_out: int
     upstream: str = "-"
     logged: bool = False
+    quiet: bool = False
 
     def log(self, status: int | str | None, verdict: str, reason: str = "") -> None:
-        if self.logged:
+        """Write the access-log record, once, unless policy said C{access_log(no)}."""
+        if self.logged or self.quiet:
             return
         self.logged = True
         proxy = self.proxy
@@ -123,6 +127,7 @@ class _Transaction:
             session=session.id,
             seq=self.seq,
             client=str(session.client),
+            user=session.user,
             service=session.service,
             client_protocol=session.client_protocol,
             tunneled=session.tunneled,
@@ -265,11 +270,22 @@ class ExplicitProxy(Delegating):
             self.session.bytes_out += sum(len(p) for p in pieces)
             self.transport.writeSequence(pieces)
 
-    def error(self, transaction: _Transaction | None, status: int, reason: str, verdict: str = "allow") -> None:
+    def error(
+        self,
+        transaction: _Transaction | None,
+        status: int,
+        reason: str,
+        verdict: str = "allow",
+        extra_headers: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
         """
         Answer with a short error page, close the connection, and log.
+
+        @param extra_headers: more response headers (a 407's
+            C{Proxy-Authenticate}).
         """
         headers, body = error_page(status, reason)
+        headers = [*headers, *extra_headers]
         head = f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n".encode("ascii")
         head += b"".join(n + b": " + v + b"\r\n" for n, v in headers) + b"connection: close\r\n\r\n"
         self.session.bytes_out += len(head) + len(body)
@@ -349,26 +365,74 @@ class ExplicitProxy(Delegating):
             )
             self.error(transaction, 403, "client not allowed", "deny")
             return
-        decision = self.factory.settings.policy.decide(
-            Checkpoint.REQUEST, self.session, {"method": method, "url": transaction.target}
-        )
+        facts = target.facts()
+        facts["method"] = method
+        facts.update(self.factory.settings.facts_for(target.host))
+        # Basic credentials come with each request: a connection a
+        # downstream proxy shares among its users carries no one's identity
+        # from one request to the next.
+        self.session.user = None
+        decision = self.factory.settings.policy.decide(Checkpoint.REQUEST, self.session, facts)
+        if decision.properties.get("authenticate"):
+            authenticated = self._authenticate(request, target, transaction, facts, decision)
+            if authenticated is None:
+                return
+            decision = authenticated
+        transaction.quiet = decision.properties.get("access_log") is False
         if not decision.allow:
             self.error(transaction, 403, decision.reason or "denied by policy", "deny")
             return
         if request.method == b"CONNECT":
-            self._connect(request, target, transaction)
+            self._connect(request, target, transaction, decision)
             return
         self._exchange = _Exchange(self, request, target, transaction)
         self._exchange.start()
 
-    def _connect(self, request: h11.Request, target: Target, transaction: _Transaction) -> None:
+    def _authenticate(
+        self,
+        request: h11.Request,
+        target: Target,
+        transaction: _Transaction,
+        facts: Mapping[str, object],
+        decision: Decision,
+    ) -> Decision | None:
+        """
+        Policy asks for credentials of the realm C{decision} names: check the
+        request's C{Proxy-Authorization}, then ask policy again knowing the
+        user. CRL, CA-issuer and OCSP fetches are never challenged (see
+        L{txgate.auth.exempt}): they keep C{decision}.
+
+        @return: the decision to apply, or C{None} when the request was
+            answered (407 challenge, or 403 for a realm not configured).
+        """
+        if is_revocation_fetch(request.method, target, request.headers):
+            return decision
+        name = str(decision.properties["authenticate"])
+        realm = self.factory.settings.realms.get(name)
+        if realm is None:
+            # Loading refuses a policy naming an unknown realm; fail closed
+            # should one get through.
+            self._log.error("policy names authentication realm {realm}, which is not configured", realm=name)
+            self.error(transaction, 403, f"authentication realm {name} is not configured", "deny")
+            return None
+        values = [v for n, v in request.headers if n == b"proxy-authorization"]
+        outcome = realm.authenticate(values, self.factory.reactor.seconds())
+        if isinstance(outcome, Refused):
+            self.error(transaction, 407, outcome.reason, "deny", [(b"proxy-authenticate", realm.challenge)])
+            return None
+        self.session.user = outcome.user
+        return self.factory.settings.policy.decide(
+            Checkpoint.REQUEST, self.session, {**facts, "user": outcome.user, "authenticated": True}
+        )
+
+    def _connect(self, request: h11.Request, target: Target, transaction: _Transaction, decision: Decision) -> None:
         # A CONNECT request has no body: take its end now, then wait for the
         # upstream before reading anything the client sends next.
         event = self._conn.next_event()
         assert isinstance(event, h11.EndOfMessage), event
         self.pause_reading()
         d = self.factory.connector.connect(target.host, target.port)
-        d.addCallbacks(self._tunnel, self._connect_failed, (target, transaction), None, (target, transaction))
+        d.addCallbacks(self._tunnel, self._connect_failed, (target, transaction, decision), None, (target, transaction))
 
     def _connect_failed(self, failure: Failure, target: Target, transaction: _Transaction) -> None:
         if self._closing:
@@ -376,7 +440,7 @@ class ExplicitProxy(Delegating):
         status, reason = describe_connect_failure(failure, target.host, target.port)
         self.error(transaction, status, reason)
 
-    def _tunnel(self, upstream: Upstream, target: Target, transaction: _Transaction) -> None:
+    def _tunnel(self, upstream: Upstream, target: Target, transaction: _Transaction, decision: Decision) -> None:
         if self._closing:
             upstream.transport.loseConnection()
             return
@@ -391,9 +455,12 @@ class ExplicitProxy(Delegating):
         self.transport.resumeProducing()
 
         def finished(reason: str) -> None:
-            transaction.log(200, "allow", reason)
+            if pipeline.denied:
+                transaction.log(200, "deny", reason)
+            elif not pipeline.quiet:
+                transaction.log(200, "allow", reason)
 
-        pipeline = Pipeline(self.factory.settings, session, upstream, self, finished)
+        pipeline = Pipeline(self.factory.settings, session, upstream, self, finished, decision)
         self.hand_over(pipeline, replay)
 
     def exchange_done(self, reusable: bool) -> None:
@@ -668,7 +735,12 @@ class _Exchange:
         conn = upstream.h11
         target = self._target
         self._transaction.log(self._transaction_status(), "allow")
-        reusable_upstream = conn.our_state is h11.DONE and conn.their_state is h11.DONE
+        # A server that sent more than the response it owed (a body after a
+        # HEAD, a wrong Content-Length) must not be reused: the extra bytes
+        # would become the next client's response.
+        reusable_upstream = (
+            conn.our_state is h11.DONE and conn.their_state is h11.DONE and conn.trailing_data == (b"", False)
+        )
         if reusable_upstream:
             conn.start_next_cycle()
             self._proxy.factory.pool.put(target.scheme or "http", target.host, target.port, upstream)

@@ -7,7 +7,7 @@ every byte peeked) to the handoff that carries its protocol.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import attrs
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -18,9 +18,13 @@ from zope.interface import implementer
 
 from txgate.detection import UNKNOWN, detect
 from txgate.errors import PeerProtocolError
-from txgate.interfaces import NEED_MORE, Checkpoint, Detected, HandoffContext, IPolicy
+from txgate.interfaces import NEED_MORE, Checkpoint, Decision, Detected, HandoffContext, IPolicy
 from txgate.plugins import Registry
+from txgate.policy.categories import Categories
 from txgate.session import Session
+
+if TYPE_CHECKING:  # pragma: no cover
+    from txgate.auth import Realm
 
 __all__ = ["Delegating", "Pipeline", "PipelineSettings", "PEEK_TIMEOUT"]
 
@@ -73,8 +77,11 @@ class Delegating(Protocol):
 @attrs.frozen
 class PipelineSettings:
     """
-    What a service says about detection and errors, with the plugins and
-    policy in force.
+    What a service says about detection and errors, with the plugins,
+    policy, realms and category lists in force.
+
+    @ivar realms: the authentication realms policy may name in
+        C{authenticate(NAME)}, by name (L{txgate.auth.load_realms}).
     """
 
     registry: Registry
@@ -83,6 +90,14 @@ class PipelineSettings:
     detect_protocol: bool
     tunnel_on_protocol_error: bool
     idle_timeout: float
+    realms: Mapping[str, Realm] = attrs.field(factory=dict)
+    categories: Categories = attrs.field(factory=lambda: Categories.from_lists({}))
+
+    def facts_for(self, host: str | None) -> dict[str, object]:
+        """The C{category} fact of a destination host (a name or an address)."""
+        if not host:
+            return {}
+        return {"category": self.categories.lookup(host, None)}
 
 
 @implementer(IHalfCloseableProtocol)
@@ -102,8 +117,22 @@ class Pipeline(Protocol):
         upstream: Any,
         owner: Delegating,
         finished: Callable[[str], None],
+        decision: Decision | None = None,
     ) -> None:
+        """
+        @param decision: policy's decision on the request that opened the
+            stream (a CONNECT); its C{detect_protocol} and C{tunnel_on_error}
+            override the service's.
+        """
         self._settings = settings
+        properties = decision.properties if decision is not None else {}
+        self._detect: Any = properties.get("detect_protocol")
+        tunnel_on_error = properties.get("tunnel_on_error")
+        self._tunnel_on_error = (
+            settings.tunnel_on_protocol_error if tunnel_on_error is None else bool(tunnel_on_error)
+        )
+        self.quiet = properties.get("access_log") is False
+        self.denied = False
         self._session = session
         self._upstream = upstream
         self._owner = owner
@@ -113,8 +142,15 @@ class Pipeline(Protocol):
         self._decided = False
         self._client_eof = False
 
+    def _detects(self, protocol: str) -> bool:
+        """Whether detection of C{protocol} is on, by policy or else by the service."""
+        if self._detect is None:
+            return self._settings.detect_protocol
+        return bool(self._detect.enabled(protocol, self._settings.detect_protocol))
+
     def connectionMade(self) -> None:
-        if not self._settings.detect_protocol:
+        default = self._settings.detect_protocol
+        if not (default if self._detect is None else self._detect.any_enabled(default)):
             self._decide(UNKNOWN)
             return
         self._upstream.notify = self._server_spoke
@@ -164,6 +200,8 @@ class Pipeline(Protocol):
         self._upstream.notify = None
         session = self._session
         settings = self._settings
+        if verdict.protocol != UNKNOWN.protocol and not self._detects(verdict.protocol):
+            verdict = UNKNOWN
         handoff = settings.registry.handoff_for(verdict.protocol)
         session.stack.append(verdict.protocol)
         session.client_protocol = verdict.protocol
@@ -171,8 +209,16 @@ class Pipeline(Protocol):
         for key in ("sni", "alpn"):
             if key in verdict.facts:
                 setattr(session, key, verdict.facts[key])
-        decision = settings.policy.decide(Checkpoint.CONNECTION, session, dict(verdict.facts))
+        facts: dict[str, object] = dict(verdict.facts)
+        if session.destination is not None:
+            facts.setdefault("url.host", session.destination.host)
+            facts.setdefault("url.port", session.destination.port)
+            facts.update(settings.facts_for(session.destination.host))
+        decision = settings.policy.decide(Checkpoint.CONNECTION, session, facts)
+        if decision.properties.get("access_log") is False:
+            self.quiet = True
         if not decision.allow:
+            self.denied = True
             self._log.info(
                 "session {session} denied: {protocol}: {reason}",
                 session=session.id,
@@ -209,7 +255,7 @@ class Pipeline(Protocol):
         for transport in (self.transport, self._upstream.transport):
             if getattr(transport, "producer", None) is not None:
                 transport.unregisterProducer()
-        if not self._settings.tunnel_on_protocol_error:
+        if not self._tunnel_on_error:
             self._log.info(
                 "session {session}: {protocol} protocol error, closing: {error}",
                 session=session.id,

@@ -7,8 +7,9 @@ C{[[service]]}, sharing the plugins, policy, upstream pool and access log.
 from __future__ import annotations
 
 import os
+import signal
 import sys
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
@@ -18,21 +19,26 @@ from twisted.python.failure import Failure
 from txgate.accesslog import AccessLog, FileAccessObserver, format_json, format_text
 from txgate.config import Config, ServiceConfig
 from txgate.errors import ConfigError
-from txgate.interfaces import IPolicy
+from txgate.interfaces import IPolicy, PolicyEnvironment
 from txgate.net.explicit import ExplicitProxyFactory
 from txgate.net.pipeline import PipelineSettings
 from txgate.net.upstream import Connector, UpstreamPool
+from txgate.policy.live import LivePolicy
 from txgate.plugins import Registry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from txgate.tap import Prepared
 
 __all__ = ["ForwardService", "load_policy"]
 
 
-def load_policy(config: Config, registry: Registry) -> IPolicy:
+def load_policy(config: Config, registry: Registry, environment: PolicyEnvironment = PolicyEnvironment()) -> IPolicy:
     """
     The policy the configuration names, loaded by the policy plugin that
     accepts the file; C{default_policy} alone when none is named.
 
-    @raise ConfigError: no policy plugin reads the file, or it is invalid.
+    @raise ConfigError: no policy plugin reads the file.
+    @raise ConfigErrors: the file is invalid (each error names line:column).
     """
     from txgate.policy.default import DefaultPolicy
 
@@ -45,7 +51,7 @@ def load_policy(config: Config, registry: Registry) -> IPolicy:
     for plugin in registry.of_kind("policy"):
         provider: Any = plugin.provider
         if provider.accepts(path):
-            return provider.load(path, allow)  # type: ignore[no-any-return]
+            return provider.load(path, allow, environment)  # type: ignore[no-any-return]
     names = ", ".join(p.name for p in registry.of_kind("policy")) or "none installed"
     raise ConfigError(
         config.path, "txgate.policy", f"no policy plugin reads {path!r} (policy plugins: {names})"
@@ -69,11 +75,18 @@ class ForwardService(MultiService):
 
     _log = Logger()
 
-    def __init__(self, config: Config, registry: Registry, policy: IPolicy, reactor: Any) -> None:
+    def __init__(self, prepared: Prepared, reactor: Any) -> None:
+        """
+        @param prepared: the configuration with everything it loaded
+            (L{txgate.tap.prepare}).
+        """
         super().__init__()
-        self.config = config
-        self.registry = registry
-        self.policy = policy
+        self.config = config = prepared.config
+        self.registry = prepared.registry
+        self.policy = LivePolicy(prepared.policy, trace=config.txgate.policy_trace)
+        self.environment = prepared.environment
+        self.categories = prepared.categories
+        self.realms = prepared.realms
         self.reactor = reactor
         self.access = AccessLog()
         self.factories: dict[str, ExplicitProxyFactory] = {}
@@ -102,16 +115,37 @@ class ForwardService(MultiService):
             detect_protocol=service.detect_protocol,
             tunnel_on_protocol_error=service.tunnel_on_protocol_error,
             idle_timeout=service.idle_timeout,
+            realms=self.realms,
+            categories=self.categories,
         )
         connector = Connector(self.reactor, service.connect_timeout)
         pool = UpstreamPool(connector, self.reactor)
         self._pools.append(pool)
         return ExplicitProxyFactory(service, settings, connector, pool, self.access)
 
+    def reload_policy(self) -> bool:
+        """
+        Read the policy file again. A bad file keeps the policy in force (and
+        is logged); connections in flight are not touched.
+
+        @return: whether the new policy is in force.
+        """
+        return self.policy.reload(lambda: load_policy(self.config, self.registry, self.environment))
+
+    def _sighup(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self.reload_policy)
+
     def startService(self) -> None:
         super().startService()
-        os.makedirs(self.config.txgate.state_dir, mode=0o700, exist_ok=True)
+        if hasattr(signal, "SIGHUP"):
+            self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
+        state_dir = self.config.txgate.state_dir
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+        os.chmod(state_dir, 0o700)  # keys will live here: never readable by others
         self._open_access_log()
+        # Connections still open at shutdown end after stopService, and their
+        # records must still reach the file: close it after the reactor stops.
+        self.reactor.addSystemEventTrigger("after", "shutdown", self.close_access_log)
         for service in self.config.services:
             factory = self._factory(service)
             self.factories[service.name] = factory
@@ -141,15 +175,22 @@ class ForwardService(MultiService):
         )
         self.reactor.callWhenRunning(self.reactor.stop)
 
+    def close_access_log(self) -> None:
+        """Close the access-log file, once every connection has ended."""
+        if self._access_file is not None:
+            self._access_file.close()
+            self._access_file = None
+
     def stopService(self) -> Any:
         super().stopService()
+        previous = getattr(self, "_previous_sighup", None)
+        if previous is not None:
+            signal.signal(signal.SIGHUP, previous)
+            self._previous_sighup = None
         for pool in self._pools:
             pool.close_all()
         waits = [port.stopListening() for port in self.ports.values()]
         self.ports.clear()
-        if self._access_file is not None:
-            self._access_file.close()
-            self._access_file = None
         from twisted.internet.defer import gatherResults
 
         return gatherResults([w for w in waits if w is not None])
