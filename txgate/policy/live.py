@@ -27,7 +27,7 @@ class LivePolicy:
         (C{policy_trace = true}).
     """
 
-    _log = Logger(namespace="txgate.policy")
+    _log = Logger()
 
     def __init__(self, current: IPolicy, trace: bool = False) -> None:
         self.current = current
