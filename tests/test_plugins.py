@@ -76,6 +76,9 @@ class EchoHandoff:
     def build(self, context):
         return Echo(context)
 
+    def refusal(self, buffered, reason):
+        return b""
+
 
 echo_detector = EchoDetector()
 early_detector = EarlyDetector()
@@ -97,6 +100,9 @@ class Named:
 
     def build(self, context):
         raise NotImplementedError()
+
+    def refusal(self, buffered, reason):
+        return b""
 
 
 handoff = Named()

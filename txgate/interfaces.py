@@ -143,6 +143,17 @@ class IHandoff(Interface):
             C{dataReceived} with every byte buffered during detection.
         """
 
+    def refusal(buffered: bytes, reason: str) -> bytes:
+        """
+        What to send a client of this protocol that policy refuses, before
+        the connection is closed: an HTTP 403 page, a SIP C{403 Forbidden}
+        with a Warning header, or C{b""} to just close.
+
+        @param buffered: the client bytes peeked during detection (the first
+            request, for protocols that answer one).
+        @param reason: why, to show the client where the protocol allows.
+        """
+
 
 class IInterceptor(Interface):
     """

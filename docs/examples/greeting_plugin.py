@@ -74,6 +74,10 @@ class GreetingHandoff:
     def build(self, context: HandoffContext) -> GreetingHandler:
         return GreetingHandler(context)
 
+    def refusal(self, buffered: bytes, reason: str) -> bytes:
+        """Refused clients are told so in the protocol's own words."""
+        return b"NO " + reason.encode("utf-8", "replace") + b"\n"
+
 
 detector = GreetingDetector()
 handoff = GreetingHandoff()

@@ -59,6 +59,9 @@ class _StrictHandoff:
         self.built.append(_Strict(context))
         return self.built[-1]
 
+    def refusal(self, buffered: bytes, reason: str) -> bytes:
+        return b"NO " + buffered + b": " + reason.encode()
+
 
 def _run(
     data: bytes, *, detect_protocol: bool = True, tunnel_on_error: bool = False, allow: bool = True
@@ -123,11 +126,12 @@ class PipelineTests(SynchronousTestCase):
         self.assertEqual(session.client_protocol, "tcp")
 
     def test_denied(self) -> None:
-        """Policy denying the detected protocol closes both sides and says why."""
+        """Policy denying the detected protocol answers in that protocol's words, closes both sides and says why."""
         session, upstream, client, strict, finished, clock, _ = _run(b"HELO", allow=False)
         self.assertTrue(client.disconnecting)
         self.assertTrue(upstream.transport.disconnecting)
         self.assertEqual(finished, ["denied: denied by default_policy"])
+        self.assertEqual(client.value(), b"NO HELO: denied by default_policy")
 
     def test_protocol_error_closes(self) -> None:
         """Without tunnel on error, a handler's protocol error closes and names the protocol."""

@@ -225,6 +225,9 @@ class Pipeline(Protocol):
                 protocol=verdict.protocol,
                 reason=decision.reason,
             )
+            answer = handoff.refusal(self._buffer, decision.reason)
+            if answer:
+                self.transport.write(answer)
             self.transport.loseConnection()
             self._upstream.transport.loseConnection()
             self._finished(f"denied: {decision.reason}")

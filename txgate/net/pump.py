@@ -132,3 +132,7 @@ class TunnelHandoff:
 
     def build(self, context: HandoffContext) -> Tunnel:
         return Tunnel(context)
+
+    def refusal(self, buffered: bytes, reason: str) -> bytes:
+        """A byte stream has no way to say no: the connection is closed."""
+        return b""
