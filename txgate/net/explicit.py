@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-import attrs
 import h11
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -33,6 +32,7 @@ from txgate.http.proxying import (
 from txgate.interfaces import Checkpoint, Decision
 from txgate.net.idle import IdleWatch
 from txgate.net.pipeline import Delegating, Pipeline, PipelineSettings
+from txgate.net.transaction import Transaction
 from txgate.net.upstream import Connector, Upstream, UpstreamPool, describe_connect_failure
 from txgate.session import Address, ClientProtocol, Session, new_session_id
 
@@ -98,49 +98,6 @@ class ExplicitProxyFactory(Factory):
         protocol = ExplicitProxy()
         protocol.factory = self
         return protocol
-
-
-@attrs.define
-class _Transaction:
-    """The books of one request, for its access-log record."""
-
-    proxy: "ExplicitProxy"
-    seq: int
-    method: str
-    target: str
-    started: float
-    bytes_in: int
-    bytes_out: int
-    upstream: str = "-"
-    logged: bool = False
-    quiet: bool = False
-
-    def log(self, status: int | str | None, verdict: str, reason: str = "") -> None:
-        """Write the access-log record, once, unless policy said C{access_log(no)}."""
-        if self.logged or self.quiet:
-            return
-        self.logged = True
-        proxy = self.proxy
-        session = proxy.session
-        proxy.factory.access.record(
-            time=self.started,
-            session=session.id,
-            seq=self.seq,
-            client=str(session.client),
-            user=session.user,
-            service=session.service,
-            client_protocol=session.client_protocol,
-            tunneled=session.tunneled,
-            method=self.method,
-            target=self.target,
-            status=status,
-            verdict=verdict,
-            bytes_in=session.bytes_in - self.bytes_in,
-            bytes_out=session.bytes_out - self.bytes_out,
-            duration_ms=int((proxy.factory.reactor.seconds() - self.started) * 1000),
-            upstream=self.upstream,
-            reason=reason,
-        )
 
 
 class ExplicitProxy(Delegating):
@@ -272,7 +229,7 @@ class ExplicitProxy(Delegating):
 
     def error(
         self,
-        transaction: _Transaction | None,
+        transaction: Transaction | None,
         status: int,
         reason: str,
         verdict: str = "allow",
@@ -296,17 +253,9 @@ class ExplicitProxy(Delegating):
             transaction = self._transaction("-", "-")
         transaction.log(status, verdict, reason)
 
-    def _transaction(self, method: str, target: str) -> _Transaction:
-        session = self.session
-        return _Transaction(
-            proxy=self,
-            seq=session.next_transaction(),
-            method=method,
-            target=target,
-            started=self.factory.reactor.seconds(),
-            bytes_in=self._cycle_in,
-            bytes_out=session.bytes_out,
-        )
+    def _transaction(self, method: str, target: str) -> Transaction:
+        factory = self.factory
+        return Transaction.begin(factory.access, factory.reactor, self.session, method, target, self._cycle_in)
 
     def _bad_request(self, e: h11.RemoteProtocolError) -> None:
         status = e.error_status_hint
@@ -392,7 +341,7 @@ class ExplicitProxy(Delegating):
         self,
         request: h11.Request,
         target: Target,
-        transaction: _Transaction,
+        transaction: Transaction,
         facts: Mapping[str, object],
         decision: Decision,
     ) -> Decision | None:
@@ -425,7 +374,7 @@ class ExplicitProxy(Delegating):
             Checkpoint.REQUEST, self.session, {**facts, "user": outcome.user, "authenticated": True}
         )
 
-    def _connect(self, request: h11.Request, target: Target, transaction: _Transaction, decision: Decision) -> None:
+    def _connect(self, request: h11.Request, target: Target, transaction: Transaction, decision: Decision) -> None:
         # A CONNECT request has no body: take its end now, then wait for the
         # upstream before reading anything the client sends next.
         event = self._conn.next_event()
@@ -434,13 +383,13 @@ class ExplicitProxy(Delegating):
         d = self.factory.connector.connect(target.host, target.port)
         d.addCallbacks(self._tunnel, self._connect_failed, (target, transaction, decision), None, (target, transaction))
 
-    def _connect_failed(self, failure: Failure, target: Target, transaction: _Transaction) -> None:
+    def _connect_failed(self, failure: Failure, target: Target, transaction: Transaction) -> None:
         if self._closing:
             return
         status, reason = describe_connect_failure(failure, target.host, target.port)
         self.error(transaction, status, reason)
 
-    def _tunnel(self, upstream: Upstream, target: Target, transaction: _Transaction, decision: Decision) -> None:
+    def _tunnel(self, upstream: Upstream, target: Target, transaction: Transaction, decision: Decision) -> None:
         if self._closing:
             upstream.transport.loseConnection()
             return
@@ -489,7 +438,7 @@ class _Exchange:
 
     _log = Logger()
 
-    def __init__(self, proxy: ExplicitProxy, request: h11.Request, target: Target, transaction: _Transaction) -> None:
+    def __init__(self, proxy: ExplicitProxy, request: h11.Request, target: Target, transaction: Transaction) -> None:
         self._proxy = proxy
         self._request = request
         self._target = target
