@@ -111,6 +111,10 @@ class HandoffContext:
         protocol this handoff speaks: the pipeline then tunnels (replaying those
         bytes) or closes, as the service and policy say.
     @ivar finished: call once when the stream is over, with a short reason.
+    @ivar service: the service's shared state (its configuration as
+        C{service}, C{settings}, C{connector}, C{pool}, C{access} log,
+        C{reactor}), for handoffs that open more upstream connections or
+        record a transaction per request; C{None} outside a service.
     """
 
     session: Session
@@ -119,6 +123,7 @@ class HandoffContext:
     idle_timeout: float
     protocol_error: Callable[[Exception, bytes], None]
     finished: Callable[[str], None]
+    service: object = None
 
 
 class IHandoff(Interface):

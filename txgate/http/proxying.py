@@ -16,6 +16,7 @@ from txgate.errors import PeerProtocolError
 __all__ = [
     "HOP_BY_HOP",
     "Target",
+    "parse_host_header",
     "parse_target",
     "request_headers_upstream",
     "response_headers_downstream",
@@ -55,12 +56,21 @@ class Target:
     @ivar port: the port (the scheme's default when absent).
     @ivar path: origin-form target to send upstream (C{/p?q}); C{b""} for
         CONNECT.
+    @ivar address: where to connect when it is not C{host}: a transparent
+        connection's original destination, while C{host} (from the Host
+        header) only names it.
     """
 
     scheme: str | None
     host: str
     port: int
     path: bytes
+    address: str | None = None
+
+    @property
+    def connect_host(self) -> str:
+        """The host or address to open the upstream connection to."""
+        return self.address or self.host
 
     @property
     def authority(self) -> str:
@@ -148,6 +158,21 @@ def parse_target(method: bytes, target: bytes) -> Target:
         _port(port, target) if port else _DEFAULT_PORTS[scheme],
         path.encode("ascii"),
     )
+
+
+def parse_host_header(value: bytes) -> str:
+    """
+    The host a C{Host} header names (C{name}, C{name:port}, C{[v6]:port}),
+    lower-case, without port or brackets.
+
+    @raise PeerProtocolError: not a host.
+    """
+    if b":" not in value.rsplit(b"]", 1)[-1]:
+        value += b":80"
+    try:
+        return parse_target(b"CONNECT", value).host
+    except PeerProtocolError:
+        raise PeerProtocolError("http", f"bad Host header {value!r}") from None
 
 
 def _connection_tokens(headers: Headers) -> set[bytes]:

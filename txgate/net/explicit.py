@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import h11
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -125,13 +126,20 @@ class ExplicitProxy(Delegating):
         self._identify_client()
         self._identified = False
         factory.sessions[self.session.id] = self.session
+        self.begin_http()
+
+    def begin_http(self) -> None:
+        """Start reading HTTP requests on this connection for C{self.session}."""
+        factory = self.factory
+        service = factory.service
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=service.max_header_size)
         self._exchange: _Exchange | None = None
         self._reading = True
         self._closing = False
-        self._cycle_in = 0
+        self._cycle_in = self.session.bytes_in
         self._line_seen = False
         self._idle: IdleWatch | None = IdleWatch(factory.reactor, service.idle_timeout, self._timed_out)
+        self.spare: Upstream | None = None
 
     def _identify_client(self) -> None:
         """
@@ -253,6 +261,15 @@ class ExplicitProxy(Delegating):
             transaction = self._transaction("-", "-")
         transaction.log(status, verdict, reason)
 
+    def target_of(self, request: h11.Request) -> Target:
+        """
+        Where a request goes: an explicit proxy reads absolute-form targets
+        and CONNECT authorities.
+
+        @raise PeerProtocolError: a target this service cannot route.
+        """
+        return parse_target(request.method, request.target)
+
     def _transaction(self, method: str, target: str) -> Transaction:
         factory = self.factory
         return Transaction.begin(factory.access, factory.reactor, self.session, method, target, self._cycle_in)
@@ -300,7 +317,7 @@ class ExplicitProxy(Delegating):
                 self.error(transaction, 431, f"request head larger than {limit} bytes")
             return
         try:
-            target = parse_target(request.method, request.target)
+            target = self.target_of(request)
         except PeerProtocolError as e:
             self._log.info("{client}: http protocol error: {reason}", client=str(self.session.client), reason=e.reason)
             self.error(transaction, e.status_hint, e.reason)
@@ -456,9 +473,17 @@ class _Exchange:
         self._has_body = any(n in (b"content-length", b"transfer-encoding") for n, _ in request.headers)
 
     def start(self) -> None:
-        self._proxy.pause_reading()
+        proxy = self._proxy
+        proxy.pause_reading()
         target = self._target
-        d = self._proxy.factory.pool.get(target.scheme or "http", target.host, target.port)
+        spare = proxy.spare
+        if spare is not None and target.scheme == "http" and spare.lost is None:
+            # The connection opened before the stream was known to be HTTP
+            # serves its first request.
+            proxy.spare = None
+            d: Deferred[tuple[Upstream, bool]] = succeed((spare, False))
+        else:
+            d = proxy.factory.pool.get(target.scheme or "http", target.connect_host, target.port)
         d.addCallbacks(self._connected, self._connect_failed)
 
     def _connect_failed(self, failure: Failure) -> None:
@@ -587,7 +612,7 @@ class _Exchange:
             self._retried = True
             self._upstream = None
             target = self._target
-            d = self._proxy.factory.connector.connect(target.host, target.port, tls=target.scheme == "https")
+            d = self._proxy.factory.connector.connect(target.connect_host, target.port, tls=target.scheme == "https")
             d.addCallback(lambda fresh: (fresh, False))
             d.addCallbacks(self._connected, self._connect_failed)
             return
@@ -692,7 +717,7 @@ class _Exchange:
         )
         if reusable_upstream:
             conn.start_next_cycle()
-            self._proxy.factory.pool.put(target.scheme or "http", target.host, target.port, upstream)
+            self._proxy.factory.pool.put(target.scheme or "http", target.connect_host, target.port, upstream)
         else:
             upstream.transport.loseConnection()
         self._proxy.exchange_done(self._request_done)

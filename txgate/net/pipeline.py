@@ -242,6 +242,7 @@ class Pipeline(Protocol):
             idle_timeout=self._settings.idle_timeout,
             protocol_error=self._protocol_error,
             finished=self._finished,
+            service=getattr(self._owner, "factory", None),
         )
         protocol = handoff.build(context)
         self._owner.hand_over(protocol, replay)

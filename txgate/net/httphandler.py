@@ -1,0 +1,129 @@
+# -*- test-case-name: tests.net.test_httphandler -*-
+"""
+The HTTP handoff: HTTP found inside a tunnel (a CONNECT, a SOCKS or TCP
+tunnel) or on a transparent port, carried request by request.
+
+It is the explicit proxy's HTTP machinery with two differences: requests are
+origin-form and always go to the connection's destination (the Host header
+only names it, for policy and logs), and a stream that turns out not to be
+HTTP is handed back to the pipeline (tunnel on protocol error) instead of
+being answered with 400.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import h11
+from twisted.plugin import IPlugin
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txgate.errors import PeerProtocolError
+from txgate.http.proxying import Target, error_page, parse_host_header, parse_target
+from txgate.interfaces import HandoffContext, IHandoff
+from txgate.net.explicit import ExplicitProxy
+from txgate.session import ClientProtocol
+
+__all__ = ["HTTPHandoff", "InnerHTTP"]
+
+
+class InnerHTTP(ExplicitProxy):
+    """
+    HTTP/1.1 requests of one stream whose destination is already known.
+
+    @ivar _received: the client bytes of the request head being read, kept so
+        a stream that is not HTTP after all can be tunneled with every byte.
+    """
+
+    def __init__(self, context: HandoffContext) -> None:
+        self.context = context
+        self.factory = context.service  # type: ignore[assignment]
+
+    def connectionMade(self) -> None:
+        context = self.context
+        self.session = context.session
+        self.session.client_protocol = self.session.client_protocol or ClientProtocol.HTTP
+        self._identified = True
+        self._allowed = True  # the service checked the client before the pipeline
+        self._received = bytearray()
+        self._ended = False
+        self.begin_http()
+        self.spare = context.upstream
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.spare is not None and len(self._received) <= self.factory.service.max_header_size:
+            self._received += data
+        super().dataReceived(data)
+
+    def target_of(self, request: h11.Request) -> Target:
+        """
+        Origin-form targets go to the connection's destination; the Host
+        header names it.
+        """
+        destination = self.session.destination
+        if destination is None or request.method == b"CONNECT":
+            raise PeerProtocolError("http", "CONNECT inside a tunnel is not supported")
+        name, path = destination.host, request.target
+        if not (request.target.startswith(b"/") or request.target == b"*"):
+            absolute = parse_target(request.method, request.target)
+            name, path = absolute.host, absolute.path
+        else:
+            host = dict(request.headers).get(b"host")
+            if host:
+                name = parse_host_header(host)
+        return Target("http", name, destination.port, path, address=destination.host)
+
+    def _bad_request(self, e: h11.RemoteProtocolError) -> None:
+        error = PeerProtocolError("http", f"malformed HTTP request: {e}", e.error_status_hint)
+        if self.spare is not None:
+            # Nothing was forwarded yet: the pipeline may tunnel the stream
+            # with every byte received, or close it, as policy says; either
+            # way the stream and its upstream are the pipeline's again.
+            self._closing = self._ended = True
+            self.spare = None
+            self._stop_idle()
+            self.context.protocol_error(error, bytes(self._received))
+            return
+        super()._bad_request(e)
+
+    def _stop_idle(self) -> None:
+        if self._idle is not None:
+            self._idle.stop()
+            self._idle = None
+
+    def exchange_done(self, reusable: bool) -> None:
+        self._received = bytearray()
+        super().exchange_done(reusable)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self.spare is not None:  # opened for a request that never came
+            self.spare.transport.loseConnection()
+            self.spare = None
+        super().connectionLost(reason)
+        if not self._ended:
+            self._ended = True
+            self.context.finished("closed by client")
+
+
+@implementer(IPlugin, IHandoff)
+class HTTPHandoff:
+    """
+    Carries C{http}: plain HTTP inside a tunnel or on a transparent port
+    (C{tunneled=no}, a record per request).
+    """
+
+    name = "http"
+    protocols = frozenset({"http"})
+    tunneled = False
+
+    def build(self, context: HandoffContext) -> Any:
+        if context.service is None:
+            raise ValueError("the http handoff needs the service's shared state (HandoffContext.service)")
+        return InnerHTTP(context)
+
+    def refusal(self, buffered: bytes, reason: str) -> bytes:
+        """A 403 page, as the explicit proxy answers a denied request."""
+        headers, body = error_page(403, reason)
+        head = b"HTTP/1.1 403 Forbidden\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in headers)
+        return head + b"connection: close\r\n\r\n" + body
