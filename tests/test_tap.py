@@ -83,7 +83,7 @@ class MakeServiceTests(SynchronousTestCase):
         """A bad value is refused, naming the file and key."""
         self.assert_refused(
             GOOD.format(dir=self.dir).replace('"explicit-http"', '"socks"'),
-            'service[0].kind: expected one of "explicit-http", got "socks"',
+            'service[0].kind: expected one of "explicit-http", "transparent", "tcp-tunnel", "socks5", got "socks"',
         )
 
     def test_good_config(self) -> None:

@@ -212,13 +212,43 @@ class MistakeTests(SynchronousTestCase):
 
     def test_bad_choices(self) -> None:
         """kind, default_policy and access_log_format list their allowed values."""
-        self.assert_mistake(_service(kind="transparent"), "service[0].kind", '"explicit-http"', 'got "transparent"')
+        self.assert_mistake(
+            _service(kind="socks4"), "service[0].kind", '"explicit-http", "transparent", "tcp-tunnel", "socks5"', 'got "socks4"'
+        )
         self.assert_mistake(
             _txgate(default_policy="permit") + _service(), "txgate.default_policy", '"allow", "deny"', 'got "permit"'
         )
         self.assert_mistake(
             _txgate(access_log_format="xml") + _service(), "txgate.access_log_format", '"text", "json"', 'got "xml"'
         )
+
+    def test_tcp_tunnel_destination(self) -> None:
+        """A tcp-tunnel needs a destination, as host:port or [v6]:port."""
+        config = parse_config(_service(kind="tcp-tunnel", destination="Mail.Example.com:25"), PATH)
+        self.assertEqual(config.services[0].destination, ("mail.example.com", 25))
+        config = parse_config(_service(kind="tcp-tunnel", destination="[fd00::1]:443"), PATH)
+        self.assertEqual(config.services[0].destination, ("fd00::1", 443))
+        self.assert_mistake(_service(kind="tcp-tunnel"), "service[0].destination", "required", '"tcp-tunnel"')
+        for bad in ("example.com", "example.com:0", "example.com:65536", "::1:22", "[10.0.0.1]:22", "a b:1", ":22"):
+            self.assert_mistake(
+                _service(kind="tcp-tunnel", destination=bad), "service[0].destination", "host:port", repr(bad)
+            )
+
+    def test_kind_only_keys(self) -> None:
+        """destination belongs to tcp-tunnel, realm to socks5: other kinds refuse them."""
+        self.assert_mistake(
+            _service(destination="a.test:1"), "service[0].destination", 'only a "tcp-tunnel"', '"explicit-http"'
+        )
+        self.assert_mistake(
+            _service(kind="transparent", realm="corp"), "service[0].realm", 'only a "socks5"', '"transparent"'
+        )
+
+    def test_socks5_realm(self) -> None:
+        """A socks5 realm must name a [realm.NAME] table."""
+        realm = '[realm.corp]\nhtpasswd = "users.htpasswd"\n'
+        config = parse_config(_service(kind="socks5", realm="corp") + realm, PATH)
+        self.assertEqual(config.services[0].realm, "corp")
+        self.assert_mistake(_service(kind="socks5", realm="other") + realm, "service[0].realm", "[realm.other]", "corp")
 
     def test_missing_required(self) -> None:
         """Each of name, kind and listen is required."""

@@ -367,6 +367,7 @@ def start_txgate(
     *,
     isolate_dns: bool = True,
     startup_timeout: float = STARTUP_TIMEOUT,
+    prefix: Sequence[str] = (),
 ) -> defer.Deferred[TxgateProcess]:
     """
     Start C{twistd -n --pidfile= txgate forward --config FILE [args]} from the
@@ -381,13 +382,16 @@ def start_txgate(
     @param isolate_dns: run it in a private mount namespace whose
         C{/etc/resolv.conf} names 127.0.0.1 (root only; without it, a DNS
         lookup of a made-up name would go to the machine's resolver).
+    @param prefix: a command twistd runs under, e.g. C{("ip", "netns",
+        "exec", NAME)} to run it in a network namespace
+        (L{tests.e2e.netns}); inside the DNS isolation when both are used.
     @return: fires with a L{TxgateProcess}; fails with the collected output
         if the process exits or does not listen within C{startup_timeout}.
         A cleanup SIGTERMs it (SIGKILL after L{STOP_GRACE}) and fails the
         test if it died on its own during the test.
     """
     return defer.Deferred.fromCoroutine(
-        _start_txgate(testcase, config_toml, args, isolate_dns, startup_timeout)
+        _start_txgate(testcase, config_toml, args, isolate_dns, startup_timeout, prefix)
     )
 
 
@@ -397,6 +401,7 @@ async def _start_txgate(
     args: Sequence[str],
     isolate_dns: bool,
     startup_timeout: float,
+    prefix: Sequence[str] = (),
 ) -> TxgateProcess:
     directory = _new_dir(testcase)
     text = config_toml.replace("{tmp}", directory)
@@ -411,7 +416,7 @@ async def _start_txgate(
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     if not os.access(twistd, os.X_OK):
         raise FailTest(f"{twistd} not found: run the tests with the venv's python (make test)")
-    argv = [twistd, "-n", "--pidfile=", "txgate", "forward", "--config", config_path, *args]
+    argv = [*prefix, twistd, "-n", "--pidfile=", "txgate", "forward", "--config", config_path, *args]
     if isolate_dns:
         unshare = require_tool("unshare")
         require(

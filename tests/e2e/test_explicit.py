@@ -136,9 +136,8 @@ class ExplicitProxyTests(TestCase):
         curl fetches a file from nginx over HTTPS through a CONNECT tunnel,
         verifying nginx's certificate with the test CA: the proxy does not
         touch the TLS. The tunnel is logged when it ends, with the CONNECT
-        target C{host:port}, status 200, C{tunneled yes} and C{tcp} as its
-        protocol: no TLS detector ships yet (issue 4 brings one, and then
-        this becomes C{ssl}).
+        target C{host:port}, status 200, C{tunneled yes} and C{ssl} (TLS that
+        was not decrypted) as its protocol.
         """
         nginx = await start_nginx(self, tls=True, root_files={"hello.bin": HELLO})
         proxy = await start_txgate(self, explicit_config())
@@ -159,7 +158,7 @@ class ExplicitProxyTests(TestCase):
                 "target": nginx.authority,
                 "status": 200,
                 "tunneled": True,
-                "client_protocol": "tcp",
+                "client_protocol": "ssl",
                 "verdict": "allow",
             },
         )

@@ -9,10 +9,12 @@ import os
 import signal
 import socket
 
-from twisted.internet import threads
+from twisted.internet import reactor, threads
+from twisted.internet.protocol import Factory
+from twisted.protocols.wire import Echo
 from twisted.trial.unittest import TestCase
 
-from tests.e2e.harness import BackgroundFetcher, fetch, read_http_head, start_nginx, start_txgate, wait_for, wait_for_record
+from tests.e2e.harness import BackgroundFetcher, access_records, fetch, read_http_head, start_nginx, start_txgate, wait_for, wait_for_record
 
 CONFIG = """
 [txgate]
@@ -47,13 +49,26 @@ def _open_tunnel(proxy: tuple[str, int], port: int) -> socket.socket:
     return sock
 
 
-def _get_through(sock: socket.socket, path: str) -> bytes:
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
-    head, body = read_http_head(sock)
-    length = int([line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")][0])
-    while len(body) < length:
-        body += sock.recv(65536)
-    return head.split(b"\r\n")[0]
+def _echo_through(sock: socket.socket, data: bytes) -> bytes:
+    sock.sendall(data)
+    received = b""
+    while len(received) < len(data):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        received += chunk
+    return received
+
+
+def _echo_server(testcase: TestCase) -> int:
+    """A loopback TCP echo server: the far end of an opaque tunnel."""
+    port = reactor.listenTCP(0, Factory.forProtocol(Echo), interface="127.0.0.1")
+    testcase.addCleanup(port.stopListening)
+    return port.getHost().port
+
+
+# Bytes no detector claims: the tunnel is carried as tcp.
+OPAQUE = b"\x00\x01 opaque stream "
 
 
 class PolicyReloadTests(TestCase):
@@ -79,8 +94,9 @@ class PolicyReloadTests(TestCase):
 
         before = await fetch(self, nginx.url("/secret"), proxy=proxy)
         self.assertEqual(before.status, 200)
-        tunnel = await threads.deferToThread(_open_tunnel, proxy, nginx.port)
+        tunnel = await threads.deferToThread(_open_tunnel, proxy, _echo_server(self))
         self.addCleanup(tunnel.close)
+        self.assertEqual(await threads.deferToThread(_echo_through, tunnel, OPAQUE + b"1"), OPAQUE + b"1")
         background = BackgroundFetcher(self, nginx.url("/public"), proxy, max_requests=300, pause=0.02)
         await wait_for(lambda: len(background.results) >= 2, 10, description="background requests")
 
@@ -103,10 +119,9 @@ class PolicyReloadTests(TestCase):
         seen = len(background.results)
         await wait_for(lambda: len(background.results) >= seen + 2, 10, description="more background requests")
 
-        # The tunnel opened under the first policy still works: policy is
-        # asked per transaction, and the reloads dropped nothing.
-        status_line = await threads.deferToThread(_get_through, tunnel, "/secret")
-        self.assertEqual(status_line, b"HTTP/1.1 200 OK")
+        # The tunnel opened under the first policy still works: the reloads
+        # dropped nothing in flight.
+        self.assertEqual(await threads.deferToThread(_echo_through, tunnel, OPAQUE + b"2"), OPAQUE + b"2")
         results = await background.stop()
         self.assertGreaterEqual(len(results), 4)
         self.assertEqual({(r.exit_code, r.status) for r in results}, {(0, 200)})
@@ -123,9 +138,10 @@ class PolicyDenyTests(TestCase):
         """
         With C{DENY client.protocol=!ssl tunneled=yes}, a CONNECT tunnel
         whose protocol nothing detects is closed and logged as denied, while
-        plain HTTP requests pass.
+        HTTP (plain, and inside a tunnel) and TLS tunnels pass.
         """
         nginx = await start_nginx(self, root_files={"public": b"public\n"})
+        tls = await start_nginx(self, tls=True, root_files={"public": b"public\n"})
         policy = os.path.join(os.path.abspath(self.mktemp()), "policy.cpl")
         os.makedirs(os.path.dirname(policy))
         _write(policy, "<proxy>\n    DENY client.protocol=!ssl tunneled=yes\n")
@@ -134,10 +150,16 @@ class PolicyDenyTests(TestCase):
 
         plain = await fetch(self, nginx.url("/public"), proxy=proxy)
         self.assertEqual(plain.status, 200)
-        tunneled = await fetch(self, nginx.url("/public"), proxy=proxy, extra=["--proxytunnel"])
-        self.assertNotEqual(tunneled.exit_code, 0)
-        record = await wait_for_record(proc, lambda r: r["method"] == "CONNECT")
-        self.assertEqual(
-            (record["verdict"], record["client_protocol"], record["tunneled"]), ("deny", "tcp", True)
-        )
+        inner = await fetch(self, nginx.url("/public"), proxy=proxy, extra=["--proxytunnel"])
+        self.assertEqual(inner.status, 200)
+        secure = await fetch(self, tls.url("/public"), proxy=proxy, extra=["--cacert", tls.ca_pem_path])
+        self.assertEqual(secure.status, 200)
+
+        tunnel = await threads.deferToThread(_open_tunnel, proxy, _echo_server(self))
+        self.addCleanup(tunnel.close)
+        self.assertEqual(await threads.deferToThread(_echo_through, tunnel, OPAQUE), b"")
+        record = await wait_for_record(proc, lambda r: r["verdict"] == "deny")
+        self.assertEqual((record["method"], record["client_protocol"], record["tunneled"]), ("CONNECT", "tcp", True))
         self.assertIn("denied by policy", record["reason"])
+        protocols = {r["client_protocol"] for r in access_records(proc) if r["verdict"] == "allow"}
+        self.assertEqual(protocols, {"http", "ssl"})

@@ -121,6 +121,34 @@ def _endpoint(value: Any) -> str:
     return value
 
 
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62}))*\.?")
+
+
+def _destination(value: Any) -> tuple[str, int]:
+    """C{host:port}, C{[v6]:port} or C{v4:port}: where a C{tcp-tunnel} sends every connection."""
+    text = _string(value)
+    expected = f"expected \"host:port\" (IPv6 as \"[addr]:port\"), got {text!r}"
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or not rest.startswith(":"):
+            raise _Bad(expected)
+        port_text = rest[1:]
+        try:
+            if ipaddress.ip_address(host).version != 6:
+                raise ValueError(host)
+        except ValueError:
+            raise _Bad(f"{expected}: {host!r} is not an IPv6 address") from None
+    else:
+        host, colon, port_text = text.rpartition(":")
+        if not colon or not host or ":" in host:
+            raise _Bad(expected)
+        if not _HOSTNAME.fullmatch(host):
+            raise _Bad(f"{expected}: {host!r} is not a host name or IPv4 address")
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise _Bad(f"{expected}: the port must be a number from 1 to 65535")
+    return host.lower().rstrip("."), int(port_text)
+
+
 def _kind(value: Any) -> str:
     return {
         bool: "a boolean",
@@ -154,6 +182,8 @@ _SERVICE_KEYS: dict[str, Callable[[Any], Any]] = {
     "max_header_size": _header_size,
     "detect_protocol": _boolean,
     "tunnel_on_protocol_error": _boolean,
+    "destination": _destination,
+    "realm": _name,
 }
 _SERVICE_REQUIRED = ("name", "kind", "listen")
 
@@ -270,6 +300,8 @@ def parse_config(text: str, path: str) -> Config:
         missing = [k for k in _SERVICE_REQUIRED if k not in values and isinstance(raw, dict) and k not in raw]
         for key in missing:
             errors.add(f"{prefix}.{key}", "required key is missing")
+        if isinstance(raw, dict):
+            _check_kind_keys(errors, prefix, raw, values)
         if all(k in values for k in _SERVICE_REQUIRED):
             values.setdefault("clients", _networks(list(DEFAULT_CLIENTS)))
             services.append((prefix, ServiceConfig(**values)))
@@ -277,6 +309,7 @@ def parse_config(text: str, path: str) -> Config:
     _check_unique_names(errors, services)
     _check_overlaps(errors, services)
     realms = _realms(errors, document.get("realm", {}))
+    _check_service_realms(errors, services, realms, document.get("realm", {}))
     if errors.errors:
         raise ConfigErrors(tuple(errors.errors))
     return Config(path=path, txgate=txgate, services=tuple(s for _, s in services), realms=realms)
@@ -305,6 +338,42 @@ def _position(message: str) -> tuple[int | None, int | None]:
     if match is None:
         return None, None
     return int(match.group(1)), int(match.group(2))
+
+
+_KIND_ONLY_KEYS = {"destination": "tcp-tunnel", "realm": "socks5"}
+"""Keys that only one service kind takes, and that kind."""
+
+_KIND_REQUIRED = {"tcp-tunnel": ("destination",)}
+"""Keys a kind cannot run without."""
+
+
+def _check_kind_keys(errors: _Collector, prefix: str, raw: dict[str, Any], values: dict[str, Any]) -> None:
+    """Refuse keys the service's kind does not take, and ask for the ones it needs."""
+    kind = values.get("kind")
+    if kind is None:
+        return
+    for key, only in _KIND_ONLY_KEYS.items():
+        if key in raw and kind != only:
+            errors.add(f"{prefix}.{key}", f"only a \"{only}\" service takes {key} (this one is \"{kind}\")")
+    for key in _KIND_REQUIRED.get(kind, ()):
+        if key not in raw:
+            errors.add(f"{prefix}.{key}", f"required key is missing (a \"{kind}\" service needs it)")
+
+
+def _check_service_realms(
+    errors: _Collector,
+    services: list[tuple[str, ServiceConfig]],
+    realms: dict[str, RealmConfig],
+    raw_realms: Any,
+) -> None:
+    """Every C{realm} a service names is a configured C{[realm.NAME]}."""
+    declared = set(raw_realms) if isinstance(raw_realms, dict) else set()
+    for prefix, service in services:
+        name = service.realm
+        if name is None or service.kind != "socks5" or name in realms or name in declared:
+            continue  # a declared realm with its own errors is reported there
+        known = ", ".join(sorted(declared)) or "none configured"
+        errors.add(f"{prefix}.realm", f"no [realm.{name}] table (realms: {known})")
 
 
 def _check_unique_names(errors: _Collector, services: list[tuple[str, ServiceConfig]]) -> None:

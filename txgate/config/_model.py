@@ -12,7 +12,7 @@ import attrs
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-SERVICE_KINDS = ("explicit-http",)
+SERVICE_KINDS = ("explicit-http", "transparent", "tcp-tunnel", "socks5")
 """Service kinds this version can run; the docs list what each does."""
 
 DEFAULT_CLIENTS = (
@@ -54,6 +54,10 @@ class ServiceConfig:
     max_header_size: int = 65536
     detect_protocol: bool = True
     tunnel_on_protocol_error: bool = False
+    destination: tuple[str, int] | None = None
+    """C{tcp-tunnel}: the host (a name or an IP literal) and port every connection goes to."""
+    realm: str | None = None
+    """C{socks5}: the C{[realm.NAME]} whose users may log in (RFC 1929); C{None} for no authentication."""
 
 
 @attrs.frozen

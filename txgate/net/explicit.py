@@ -110,6 +110,8 @@ class ExplicitProxy(Delegating):
 
     _log = Logger()
     factory: ExplicitProxyFactory
+    connection_user: str | None = None
+    """The user the connection itself authenticated (SOCKS5); requests start from it."""
 
     def connectionMade(self) -> None:
         factory = self.factory
@@ -337,7 +339,7 @@ class ExplicitProxy(Delegating):
         # Basic credentials come with each request: a connection a
         # downstream proxy shares among its users carries no one's identity
         # from one request to the next.
-        self.session.user = None
+        self.session.user = self.connection_user
         decision = self.factory.settings.policy.decide(Checkpoint.REQUEST, self.session, facts)
         if decision.properties.get("authenticate"):
             authenticated = self._authenticate(request, target, transaction, facts, decision)
@@ -427,6 +429,9 @@ class ExplicitProxy(Delegating):
                 transaction.log(200, "allow", reason)
 
         pipeline = Pipeline(self.factory.settings, session, upstream, self, finished, decision)
+        # Bytes sent along with the CONNECT were counted when read; whoever
+        # carries the stream counts them again as they are replayed.
+        session.bytes_in -= len(replay)
         self.hand_over(pipeline, replay)
 
     def exchange_done(self, reusable: bool) -> None:

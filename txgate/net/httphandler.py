@@ -43,6 +43,7 @@ class InnerHTTP(ExplicitProxy):
     def connectionMade(self) -> None:
         context = self.context
         self.session = context.session
+        self.connection_user = context.session.user
         self.session.client_protocol = self.session.client_protocol or ClientProtocol.HTTP
         self._identified = True
         self._allowed = True  # the service checked the client before the pipeline

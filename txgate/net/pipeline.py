@@ -55,7 +55,10 @@ class Delegating(Protocol):
         self.dataReceived = protocol.dataReceived  # type: ignore[method-assign]
         protocol.makeConnection(self.transport)
         if replay:
-            protocol.dataReceived(replay)
+            # Not protocol.dataReceived: its connectionMade may already have
+            # handed the stream on (detection off), and the bytes must reach
+            # whoever receives the stream now.
+            self.dataReceived(replay)
 
     def readConnectionLost(self) -> None:
         delegate = self._delegate

@@ -22,6 +22,7 @@ from txgate.errors import ConfigError
 from txgate.interfaces import IPolicy, PolicyEnvironment
 from txgate.net.explicit import ExplicitProxyFactory
 from txgate.net.pipeline import PipelineSettings
+from txgate.net.streams import StreamProxyFactory
 from txgate.net.upstream import Connector, UpstreamPool
 from txgate.policy.live import LivePolicy
 from txgate.plugins import Registry
@@ -121,6 +122,8 @@ class ForwardService(MultiService):
         connector = Connector(self.reactor, service.connect_timeout)
         pool = UpstreamPool(connector, self.reactor)
         self._pools.append(pool)
+        if service.kind in ("transparent", "tcp-tunnel", "socks5"):
+            return StreamProxyFactory(service, settings, connector, pool, self.access)
         return ExplicitProxyFactory(service, settings, connector, pool, self.access)
 
     def reload_policy(self) -> bool:
