@@ -327,3 +327,57 @@ async def _start_nginx_in(testcase: unittest.TestCase, topo: Topology, root_file
             errors = ""
         raise FailTest(f"nginx exited ({child.describe_end()}); output:\n{_tail(child.lines)}\nerror.log:\n{errors}")
     return NetnsNginx(directory, pki.ca_pem_path, transport.pid)
+
+
+@attrs.frozen
+class NetnsProcess:
+    """A server started in a namespace: its output lines and its end."""
+
+    child: _Child
+    transport: object
+
+    def output(self) -> str:
+        return _tail(self.child.lines)
+
+
+def start_in(
+    testcase: unittest.TestCase, topo: Topology, namespace: str, argv: Sequence[str], port: int, what: str
+) -> defer.Deferred[NetnsProcess]:
+    """
+    Start C{argv} inside C{namespace} and fire once something there listens
+    on TCP C{port} (a server that exits first fails the test with its
+    output). A cleanup stops it.
+    """
+    return defer.Deferred.fromCoroutine(_start_in(testcase, topo, namespace, argv, port, what))
+
+
+async def _start_in(
+    testcase: unittest.TestCase, topo: Topology, namespace: str, argv: Sequence[str], port: int, what: str
+) -> NetnsProcess:
+    directory = _new_dir(testcase)
+    full = [*topo.exec_prefix(namespace), *argv]
+    child = _Child()
+    transport = reactor.spawnProcess(child, full[0], full, env=_child_env(), path=directory)
+    testcase.addCleanup(_stop_child, child, transport, what)
+    ss = require_tool("ss")
+
+    def listening() -> bool:
+        if not child.running:
+            return True
+        done = _run([*topo.exec_prefix(namespace), ss, "-Hltn", f"sport = :{port}"])
+        return bool(done.stdout.strip())
+
+    await wait_for(listening, timeout=STARTUP_TIMEOUT, description=f"{what} to listen on port {port} in {namespace}")
+    if not child.running:
+        raise FailTest(f"{what} exited ({child.describe_end()}); output:\n{_tail(child.lines)}")
+    return NetnsProcess(child, transport)
+
+
+def run_in(
+    topo: Topology, namespace: str, argv: Sequence[str], timeout: float = 60.0
+) -> defer.Deferred[tuple[bytes, bytes, int]]:
+    """Run a client inside C{namespace}: fires with (stdout, stderr, exit code)."""
+    full = [*topo.exec_prefix(namespace), *argv]
+    d = getProcessOutputAndValue(full[0], full[1:], env=_child_env())
+    d.addTimeout(timeout, reactor)
+    return d
