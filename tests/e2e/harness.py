@@ -50,6 +50,7 @@ from twisted.web import http, resource, server
 __all__ = [
     "BackgroundFetcher",
     "CurlResult",
+    "curl_result",
     "EchoOrigin",
     "EchoedRequest",
     "NginxOrigin",
@@ -644,17 +645,22 @@ def fetch(
     if proxy is not None:
         args += ["--proxy", _proxy_url(proxy)]
 
-    def result(outcome: tuple[bytes, bytes, int]) -> CurlResult:
-        out, err, code = outcome
-        try:
-            with open(body_path, "rb") as f:
-                body = f.read()
-        except FileNotFoundError:
-            body = b""
-        status = int(out) if out.strip().isdigit() else 0
-        return CurlResult(code, status, body, err.decode("utf-8", "replace"))
+    return run_curl([*args, *extra, url], timeout).addCallback(curl_result, body_path)
 
-    return run_curl([*args, *extra, url], timeout).addCallback(result)
+
+def curl_result(outcome: tuple[bytes, bytes, int], body_path: str) -> CurlResult:
+    """
+    A L{CurlResult} from curl's (stdout, stderr, exit code), run with
+    C{--output body_path --write-out %{http_code}}.
+    """
+    out, err, code = outcome
+    try:
+        with open(body_path, "rb") as f:
+            body = f.read()
+    except FileNotFoundError:
+        body = b""
+    status = int(out) if out.strip().isdigit() else 0
+    return CurlResult(code, status, body, err.decode("utf-8", "replace"))
 
 
 class BackgroundFetcher:

@@ -38,6 +38,7 @@ from twisted.trial.unittest import FailTest
 from tests.e2e.harness import (
     STARTUP_TIMEOUT,
     CurlResult,
+    curl_result,
     _child_env,
     _Child,
     _new_dir,
@@ -219,17 +220,7 @@ def netns_fetch(
         "--noproxy", "*", "--output", body_path, "--write-out", "%{http_code}", *extra, url,
     ]
 
-    def result(outcome: tuple[bytes, bytes, int]) -> CurlResult:
-        out, err, code = outcome
-        try:
-            with open(body_path, "rb") as f:
-                body = f.read()
-        except FileNotFoundError:
-            body = b""
-        status = int(out) if out.strip().isdigit() else 0
-        return CurlResult(code, status, body, err.decode("utf-8", "replace"))
-
-    return getProcessOutputAndValue(ip, argv, env=_child_env()).addCallback(result)
+    return getProcessOutputAndValue(ip, argv, env=_child_env()).addCallback(curl_result, body_path)
 
 
 @attrs.frozen

@@ -15,3 +15,30 @@ wrap them for the registry. docs/protocols.md describes what each recognises.
   - L{txgate.detect.sip}: SIP requests, responses and keep-alives (C{sip}).
   - L{txgate.detect.stun}: STUN/TURN over TCP, plain or RFC 4571 framed (C{stun}).
 """
+
+from typing import Callable
+
+import attrs
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from txgate.interfaces import IDetector, Verdict
+
+__all__ = ["CoreDetector"]
+
+
+@implementer(IPlugin, IDetector)
+@attrs.frozen
+class CoreDetector:
+    """
+    A detector plugin made of one of these cores: the plugin modules in
+    C{plugins/} are each one line that names the core and its priority.
+    """
+
+    name: str
+    priority: int
+    core: Callable[[bytes], Verdict] = attrs.field(repr=False)
+
+    def detect(self, buffered: bytes) -> Verdict:
+        return self.core(buffered)
+
