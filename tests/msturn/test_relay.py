@@ -56,6 +56,10 @@ class HelloTests(SynchronousTestCase):
         self.assertEqual((len(CLIENT_HELLO), len(SERVER_HELLO)), (50, 83))
         self.assertTrue(is_pseudo_tls_client_hello(CLIENT_HELLO))
         self.assertIsNone(server_hello_deviation(SERVER_HELLO))
+        # The relay's detailed check and the detector's agree on the layout.
+        from txgate.detect.msturn import is_pseudo_tls_server_hello
+
+        self.assertTrue(is_pseudo_tls_server_hello(SERVER_HELLO))
 
     def test_server_hello_deviations(self) -> None:
         """Each wrong piece of the reply is named."""

@@ -32,6 +32,12 @@ import struct
 
 import attrs
 
+from txgate.detect.msturn import (
+    PSEUDO_TLS_CLIENT_HELLO_LENGTH,
+    PSEUDO_TLS_SERVER_HELLO_LENGTH,
+    is_pseudo_tls_client_hello,
+)
+
 __all__ = [
     "CLIENT_HELLO_LENGTH",
     "SERVER_HELLO_LENGTH",
@@ -44,10 +50,9 @@ __all__ = [
     "server_hello_deviation",
 ]
 
-CLIENT_HELLO_LENGTH = 50
-SERVER_HELLO_LENGTH = 83
-_CLIENT_HELLO_HEAD = bytes.fromhex("160301002d" "01000029" "0301")
-_CLIENT_HELLO_TAIL = bytes.fromhex("00" "00020018" "0100")
+# The pseudo-TLS layouts are the detector's: one definition of the bytes.
+CLIENT_HELLO_LENGTH = PSEUDO_TLS_CLIENT_HELLO_LENGTH
+SERVER_HELLO_LENGTH = PSEUDO_TLS_SERVER_HELLO_LENGTH
 _SERVER_HELLO_HEAD = bytes.fromhex("160301004e" "02000046" "0301")
 _SERVER_HELLO_DONE = bytes.fromhex("0e000000")
 STUN_COOKIE = 0x2112A442
@@ -80,15 +85,6 @@ TRANSITIONS: dict[State, dict[Event, State]] = {
     State.RAW: {},
 }
 """For each state, the events allowed in it and the state each leads to."""
-
-
-def is_pseudo_tls_client_hello(hello: bytes) -> bool:
-    """Whether C{hello} is exactly the 50-byte [MS-TURN] 2.1.1 ClientHello (any random)."""
-    return (
-        len(hello) == CLIENT_HELLO_LENGTH
-        and hello.startswith(_CLIENT_HELLO_HEAD)
-        and hello.endswith(_CLIENT_HELLO_TAIL)
-    )
 
 
 def server_hello_deviation(reply: bytes) -> str | None:
