@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
-from typing import Any, Mapping
+from typing import Mapping
 
 import attrs
 from twisted.internet.address import IPv4Address

@@ -20,7 +20,6 @@ from twisted.python.failure import Failure
 
 from txgate.accesslog import AccessLog
 from txgate.auth import Refused, is_revocation_fetch
-from txgate.acl import client_allowed
 from txgate.config import ServiceConfig
 from txgate.errors import PeerProtocolError
 from txgate.http.proxying import (
@@ -33,9 +32,9 @@ from txgate.http.proxying import (
 from txgate.interfaces import Checkpoint, Decision
 from txgate.net.idle import IdleWatch
 from txgate.net.pipeline import Delegating, Pipeline, PipelineSettings
-from txgate.net.transaction import Transaction
+from txgate.net.transaction import Transaction, identify_client, open_session
 from txgate.net.upstream import Connector, Upstream, UpstreamPool, describe_connect_failure
-from txgate.session import Address, ClientProtocol, Session, new_session_id
+from txgate.session import Address, ClientProtocol, Session
 
 __all__ = ["ExplicitProxyFactory", "ExplicitProxy"]
 
@@ -114,20 +113,9 @@ class ExplicitProxy(Delegating):
     """The user the connection itself authenticated (SOCKS5); requests start from it."""
 
     def connectionMade(self) -> None:
-        factory = self.factory
-        service = factory.service
-        now = factory.reactor.seconds()
-        self.session = Session(
-            id=new_session_id(),
-            service=service.name,
-            client=Address("", 0),
-            started=now,
-            last_active=now,
-            client_protocol=ClientProtocol.HTTP,
-        )
+        self.session = open_session(self.factory, ClientProtocol.HTTP)
         self._identify_client()
         self._identified = False
-        factory.sessions[self.session.id] = self.session
         self.begin_http()
 
     def begin_http(self) -> None:
@@ -149,9 +137,7 @@ class ExplicitProxy(Delegating):
         listener it is known only once the PROXY header has been read, which
         is before the first bytes reach this protocol.
         """
-        peer = self.transport.getPeer()
-        self.session.client = Address(getattr(peer, "host", str(peer)), getattr(peer, "port", 0))
-        self._allowed = client_allowed(self.session.client.host, self.factory.service.clients)
+        self._allowed = identify_client(self.transport, self.session, self.factory.service.clients)
 
     # -- client bytes -------------------------------------------------------
 

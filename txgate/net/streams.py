@@ -24,15 +24,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txgate import origdst
-from txgate.acl import client_allowed, parse_address
+from txgate.acl import parse_address
 from txgate.auth import Refused
 from txgate.interfaces import Checkpoint, Decision
 from txgate.net.explicit import ExplicitProxyFactory
 from txgate.net.idle import IdleWatch
 from txgate.net.pipeline import Delegating, Pipeline
-from txgate.net.transaction import Transaction
+from txgate.net.transaction import Transaction, identify_client, open_session
 from txgate.net.upstream import Upstream, describe_connect_failure
-from txgate.session import Address, ClientProtocol, Session, new_session_id
+from txgate.session import Address, ClientProtocol
 from txgate.errors import PeerProtocolError
 from txgate.socks import (
     CheckCredentials,
@@ -134,16 +134,7 @@ class _StreamProxy(Delegating):
 
     def connectionMade(self) -> None:
         factory = self.factory
-        now = factory.reactor.seconds()
-        self.session = Session(
-            id=new_session_id(),
-            service=factory.service.name,
-            client=Address("", 0),
-            started=now,
-            last_active=now,
-            client_protocol=ClientProtocol.TCP,
-        )
-        factory.sessions[self.session.id] = self.session
+        self.session = open_session(factory, ClientProtocol.TCP)
         self._identify_client()
         self._identified = False
         self._closing = False
@@ -158,9 +149,7 @@ class _StreamProxy(Delegating):
         self.start()
 
     def _identify_client(self) -> None:
-        peer = self.transport.getPeer()
-        self.session.client = Address(getattr(peer, "host", str(peer)), getattr(peer, "port", 0))
-        self._allowed = client_allowed(self.session.client.host, self.factory.service.clients)
+        self._allowed = identify_client(self.transport, self.session, self.factory.service.clients)
 
     def start(self) -> None:
         """The connection is accepted; no bytes read yet."""

@@ -11,9 +11,41 @@ from typing import Any
 import attrs
 
 from txgate.accesslog import AccessLog
-from txgate.session import Session
+from txgate.acl import client_allowed
+from txgate.session import Address, Session, new_session_id
 
-__all__ = ["Transaction"]
+__all__ = ["Transaction", "open_session", "identify_client"]
+
+
+def open_session(factory: Any, client_protocol: str) -> Session:
+    """
+    A new session for a connection accepted by C{factory}'s service,
+    registered in C{factory.sessions} until the connection ends.
+    """
+    now = factory.reactor.seconds()
+    session = Session(
+        id=new_session_id(),
+        service=factory.service.name,
+        client=Address("", 0),
+        started=now,
+        last_active=now,
+        client_protocol=client_protocol,
+    )
+    factory.sessions[session.id] = session
+    return session
+
+
+def identify_client(transport: Any, session: Session, clients: Any) -> bool:
+    """
+    Take the client address from C{transport} into C{session}. Behind a
+    C{haproxy:} listener it is the real client's only once the PROXY header
+    has been read, that is, with the first bytes: call this again then.
+
+    @return: whether the service's C{clients} list allows it.
+    """
+    peer = transport.getPeer()
+    session.client = Address(getattr(peer, "host", str(peer)), getattr(peer, "port", 0))
+    return client_allowed(session.client.host, clients)
 
 
 @attrs.define

@@ -1,4 +1,4 @@
-import socket, sys, threading, json
+import socket, sys, threading
 lport, uport, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 ls.bind(("127.0.0.1", lport)); ls.listen(1)
