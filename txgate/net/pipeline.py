@@ -81,7 +81,8 @@ class Delegating(Protocol):
 class PipelineSettings:
     """
     What a service says about detection and errors, with the plugins,
-    policy, realms and category lists in force.
+    policy, realms and category lists in force, and the SSL interception
+    state shared by every service.
 
     @ivar realms: the authentication realms policy may name in
         C{authenticate(NAME)}, by name (L{txgate.auth.load_realms}).
@@ -95,6 +96,10 @@ class PipelineSettings:
     idle_timeout: float
     realms: Mapping[str, Realm] = attrs.field(factory=dict)
     categories: Categories = attrs.field(factory=lambda: Categories.from_lists({}))
+    ssl: Any = None
+    """The C{[ssl]} settings (L{txgate.config.SSLConfig}); C{None}: no interception."""
+    authority: Any = None
+    """The L{txgate.pki.authority.Authority} that mints, and answers for, emulated certificates."""
 
     def facts_for(self, host: str | None) -> dict[str, object]:
         """The C{category} fact of a destination host (a name or an address)."""
