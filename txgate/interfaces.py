@@ -11,7 +11,7 @@ these interfaces; see docs/plugins.md.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import attrs
 from zope.interface import Attribute, Interface
@@ -33,6 +33,7 @@ __all__ = [
     "NOT_MINE",
     "Verdict",
     "HandoffContext",
+    "InterceptRequest",
     "Checkpoint",
     "Decision",
     "PolicyEnvironment",
@@ -160,6 +161,32 @@ class IHandoff(Interface):
         """
 
 
+@attrs.frozen
+class InterceptRequest:
+    """
+    What an interceptor needs to take over one stream.
+
+    @ivar context: the stream's handoff context (its C{upstream} is the
+        plain connection to the server, still unattached).
+    @ivar settings: the service's pipeline settings (C{ssl}, C{authority},
+        C{reactor}).
+    @ivar hello: the client bytes peeked so far (the ClientHello).
+    @ivar mode: policy's C{ssl.forward_proxy} value (C{https} or C{yes}).
+    @ivar decision: policy's decision at the C{ssl-intercept} checkpoint.
+    @ivar inner: builds the protocol for the decrypted stream: called with
+        the protocol owning the decrypted client side (it can hand the
+        stream on) and the decrypted upstream (an object like
+        C{HandoffContext.upstream}).
+    """
+
+    context: HandoffContext
+    settings: Any
+    hello: bytes
+    mode: str
+    decision: "Decision"
+    inner: Callable[[Any, Any], Any]
+
+
 class IInterceptor(Interface):
     """
     Terminates a protocol towards the client and re-originates it upstream
@@ -169,10 +196,16 @@ class IInterceptor(Interface):
     name = Attribute("A short unique name, e.g. C{'ssl'}.")
     protocols = Attribute("A frozenset of client.protocol names it can intercept.")
 
-    def intercept(context: HandoffContext) -> Deferred:
+    def intercept(request: InterceptRequest) -> Deferred:
         """
-        @return: a L{Deferred} firing with an L{IProtocol} carrying the decrypted
-            client stream, or failing with the reason interception was refused.
+        Open the protocol towards the upstream, then prepare the client side.
+
+        @return: a L{Deferred} firing with the protocol that takes over the
+            client connection (the pipeline replays the peeked bytes into
+            it), or failing with the reason interception is impossible (the
+            pipeline then closes the stream). Once the client side is up,
+            that protocol calls C{request.inner}, and on a failure before
+            that, C{request.context.finished}.
         """
 
 

@@ -93,6 +93,13 @@ class Registry:
             raise LookupError("no handoff plugin carries 'tcp' (is plugins/ installed?)")
         return fallback  # type: ignore[return-value]
 
+    def interceptor_for(self, protocol: str) -> IInterceptor | None:
+        """The interceptor of C{protocol} (C{ssl}), or C{None} when none is installed."""
+        for plugin in self.of_kind("interceptor"):
+            if protocol in plugin.provider.protocols:  # type: ignore[attr-defined]
+                return plugin.provider  # type: ignore[return-value]
+        return None
+
     def names(self) -> set[str]:
         return {p.name for p in self.plugins}
 

@@ -111,6 +111,8 @@ class ExplicitProxy(Delegating):
     factory: ExplicitProxyFactory
     connection_user: str | None = None
     """The user the connection itself authenticated (SOCKS5); requests start from it."""
+    pinned = False
+    """Whether every request goes over C{spare}, this connection's own upstream (intercepted TLS), never the pool."""
 
     def connectionMade(self) -> None:
         self.session = open_session(self.factory, ClientProtocol.HTTP)
@@ -468,11 +470,20 @@ class _Exchange:
         proxy.pause_reading()
         target = self._target
         spare = proxy.spare
-        if spare is not None and target.scheme == "http" and spare.lost is None:
+        if proxy.pinned:
+            # Intercepted TLS: every request goes over the connection the
+            # client's handshake was emulated for.
+            proxy.spare = None
+            if spare is None or spare.lost is not None or spare.eof:
+                self._finished = True
+                proxy.error(self._transaction, 502, f"upstream {target.authority} closed the intercepted connection")
+                return
+            d: Deferred[tuple[Upstream, bool]] = succeed((spare, spare.h11 is not None))
+        elif spare is not None and target.scheme == "http" and spare.lost is None:
             # The connection opened before the stream was known to be HTTP
             # serves its first request.
             proxy.spare = None
-            d: Deferred[tuple[Upstream, bool]] = succeed((spare, False))
+            d = succeed((spare, False))
         else:
             d = proxy.factory.pool.get(target.scheme or "http", target.connect_host, target.port)
         d.addCallbacks(self._connected, self._connect_failed)
@@ -594,6 +605,7 @@ class _Exchange:
         if (
             not self._response_started
             and self._reused
+            and not self._proxy.pinned
             and not self._retried
             and not self._has_body
             and self._request.method in _RETRYABLE
@@ -706,6 +718,14 @@ class _Exchange:
         reusable_upstream = (
             conn.our_state is h11.DONE and conn.their_state is h11.DONE and conn.trailing_data == (b"", False)
         )
+        if self._proxy.pinned:
+            if reusable_upstream:
+                conn.start_next_cycle()
+                self._proxy.keep_upstream(upstream)
+            else:
+                upstream.transport.loseConnection()
+            self._proxy.exchange_done(self._request_done and reusable_upstream)
+            return
         if reusable_upstream:
             conn.start_next_cycle()
             self._proxy.factory.pool.put(target.scheme or "http", target.connect_host, target.port, upstream)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import h11
 from twisted.plugin import IPlugin
 from twisted.python.failure import Failure
@@ -51,6 +52,9 @@ class InnerHTTP(ExplicitProxy):
         self._ended = False
         self.begin_http()
         self.spare = context.upstream
+        # Inside intercepted TLS the upstream is this connection's own.
+        self.pinned = context.session.intercepted
+        self.scheme = "https" if self.pinned else "http"
 
     def dataReceived(self, data: bytes) -> None:
         if self.spare is not None and len(self._received) <= self.factory.service.max_header_size:
@@ -73,7 +77,7 @@ class InnerHTTP(ExplicitProxy):
             host = dict(request.headers).get(b"host")
             if host:
                 name = parse_host_header(host)
-        return Target("http", name, destination.port, path, address=destination.host)
+        return Target(self.scheme, name, destination.port, path, address=destination.host)
 
     def _bad_request(self, e: h11.RemoteProtocolError) -> None:
         error = PeerProtocolError("http", f"malformed HTTP request: {e}", e.error_status_hint)
@@ -97,6 +101,15 @@ class InnerHTTP(ExplicitProxy):
         self._received = bytearray()
         super().exchange_done(reusable)
 
+    def keep_upstream(self, upstream: Any) -> None:
+        """
+        Keep the pinned upstream for the next request; if the server closes
+        it (or speaks) meanwhile, close the client connection too, so the
+        client opens a new one (which gets a new upstream).
+        """
+        self.spare = upstream
+        upstream.attach(_PinnedWatch(self, upstream))
+
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         if self.spare is not None:  # opened for a request that never came
             self.spare.transport.loseConnection()
@@ -105,6 +118,29 @@ class InnerHTTP(ExplicitProxy):
         if not self._ended:
             self._ended = True
             self.context.finished("closed by client")
+
+
+@attrs.define
+class _PinnedWatch:
+    """The receiver of a pinned upstream between two requests."""
+
+    proxy: InnerHTTP
+    upstream: Any
+
+    def upstream_data(self, data: bytes) -> None:
+        self.upstream_lost(None)
+
+    def upstream_eof(self) -> None:
+        self.upstream_lost(None)
+
+    def upstream_lost(self, reason: Failure | None) -> None:
+        proxy = self.proxy
+        if proxy.spare is self.upstream:
+            proxy.spare = None
+            self.upstream.transport.loseConnection()
+            if proxy._exchange is None and not proxy._closing:
+                proxy._closing = True
+                proxy.transport.loseConnection()
 
 
 @implementer(IPlugin, IHandoff)

@@ -10,15 +10,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import attrs
+from OpenSSL import SSL
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txgate.acl import parse_address
 from txgate.detection import UNKNOWN, detect
 from txgate.errors import PeerProtocolError
-from txgate.interfaces import NEED_MORE, Checkpoint, Decision, Detected, HandoffContext, IPolicy
+from txgate.interception import Mode, describe_tls_failure, inner_name
+from txgate.interfaces import NEED_MORE, Checkpoint, Decision, Detected, HandoffContext, InterceptRequest, IPolicy
 from txgate.plugins import Registry
 from txgate.policy.categories import Categories
 from txgate.session import Session
@@ -126,13 +129,22 @@ class Pipeline(Protocol):
         owner: Delegating,
         finished: Callable[[str], None],
         decision: Decision | None = None,
+        inside: Mode | None = None,
+        service: Any = None,
     ) -> None:
         """
         @param decision: policy's decision on the request that opened the
             stream (a CONNECT); its C{detect_protocol} and C{tunnel_on_error}
             override the service's.
+        @param inside: for the decrypted stream of an intercepted TLS
+            connection, the C{ssl.forward_proxy} mode that intercepted it.
+        @param service: the service's shared state for the handoffs; by
+            default C{owner.factory}.
         """
         self._settings = settings
+        self._inside = inside
+        self._service = service if service is not None else getattr(owner, "factory", None)
+        self._decision = decision
         properties = decision.properties if decision is not None else {}
         self._detect: Any = properties.get("detect_protocol")
         tunnel_on_error = properties.get("tunnel_on_error")
@@ -149,6 +161,7 @@ class Pipeline(Protocol):
         self._timer: Any = None
         self._decided = False
         self._client_eof = False
+        self._intercepting = False
 
     def _detects(self, protocol: str) -> bool:
         """Whether detection of C{protocol} is on, by policy or else by the service."""
@@ -168,23 +181,37 @@ class Pipeline(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self._buffer += data
+        if self._decided:
+            return  # intercepting: held for the TLS layer
         verdict = detect(self._settings.registry.detectors, self._buffer)
         if verdict is not NEED_MORE:
             self._decide(verdict)  # type: ignore[arg-type]
 
     def readConnectionLost(self) -> None:
         self._client_eof = True
+        if self._decided:
+            return
         self._decide(detect(self._settings.registry.detectors, self._buffer, final=True))  # type: ignore[arg-type]
 
     def writeConnectionLost(self) -> None:
         pass
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self._intercepting:
+            self._intercepting = False
+            self._upstream.transport.loseConnection()
+            self._finished("client closed while the upstream TLS handshake was in progress")
+            return
         if not self._decided:
             self._decided = True
             self._cancel_timer()
             self._upstream.transport.loseConnection()
-            self._finished("client closed before its protocol was detected")
+            if self._inside is not None and reason is not None and reason.check(SSL.Error):
+                # TLS 1.3: the client checks the emulated certificate after
+                # txgate's side of the handshake is done.
+                self._finished(f"client TLS handshake failed: {describe_tls_failure(reason)}")
+            else:
+                self._finished("client closed before its protocol was detected")
 
     def _server_spoke(self) -> None:
         if not self._decided:
@@ -208,14 +235,27 @@ class Pipeline(Protocol):
         self._upstream.notify = None
         session = self._session
         settings = self._settings
-        if verdict.protocol != UNKNOWN.protocol and not self._detects(verdict.protocol):
+        inside = self._inside
+        name = inner_name(verdict.protocol) if inside is not None else None
+        wanted = name.policy if name is not None else verdict.protocol
+        if verdict.protocol != UNKNOWN.protocol and not self._detects(wanted):
             verdict = UNKNOWN
-        handoff = settings.registry.handoff_for(verdict.protocol)
-        session.stack.append(verdict.protocol)
-        session.client_protocol = verdict.protocol
+            name = inner_name(verdict.protocol) if inside is not None else None
+        if inside is Mode.HTTPS and verdict.protocol != "http":
+            session.stack.append(verdict.protocol)
+            found = "no protocol detected" if verdict is UNKNOWN else f"{verdict.protocol} found"
+            self._protocol_error(
+                PeerProtocolError("https", f"ssl.forward_proxy(https) carries only HTTP inside TLS; {found}"),
+                self._buffer,
+            )
+            return
+        carried = name.carried if name is not None else verdict.protocol
+        handoff = settings.registry.handoff_for("tcp" if carried == "ssl" and inside is not None else verdict.protocol)
+        session.stack.append(carried)
+        session.client_protocol = name.policy if name is not None else verdict.protocol
         session.tunneled = bool(handoff.tunneled)
         for key in ("sni", "alpn"):
-            if key in verdict.facts:
+            if key in verdict.facts and inside is None:
                 setattr(session, key, verdict.facts[key])
         facts: dict[str, object] = dict(verdict.facts)
         if session.destination is not None:
@@ -223,36 +263,116 @@ class Pipeline(Protocol):
             facts.setdefault("url.port", session.destination.port)
             facts.update(settings.facts_for(session.destination.host))
         decision = settings.policy.decide(Checkpoint.CONNECTION, session, facts)
+        session.client_protocol = carried
         if decision.properties.get("access_log") is False:
             self.quiet = True
         if not decision.allow:
-            self.denied = True
-            self._log.info(
-                "session {session} denied: {protocol}: {reason}",
-                session=session.id,
-                protocol=verdict.protocol,
-                reason=decision.reason,
-            )
-            answer = handoff.refusal(self._buffer, decision.reason)
-            if answer:
-                self.transport.write(answer)
-            self.transport.loseConnection()
-            self._upstream.transport.loseConnection()
-            self._finished(f"denied: {decision.reason}")
+            self._refuse(handoff, verdict.protocol, decision.reason)
+            return
+        if inside is None and verdict.protocol == "ssl" and self._maybe_intercept(facts):
             return
         self._start(handoff, self._buffer)
 
-    def _start(self, handoff: Any, replay: bytes) -> None:
-        context = HandoffContext(
+    def _refuse(self, handoff: Any, protocol: str, reason: str) -> None:
+        self.denied = True
+        self._log.info(
+            "session {session} denied: {protocol}: {reason}",
+            session=self._session.id,
+            protocol=protocol,
+            reason=reason,
+        )
+        answer = handoff.refusal(self._buffer, reason)
+        if answer:
+            self.transport.write(answer)
+        self.transport.loseConnection()
+        self._upstream.transport.loseConnection()
+        self._finished(f"denied: {reason}")
+
+    # -- SSL interception --------------------------------------------------------
+
+    def _maybe_intercept(self, facts: dict[str, object]) -> bool:
+        """
+        Ask policy at the C{ssl-intercept} checkpoint about a detected
+        ClientHello; start interception when it says C{https} or C{yes}.
+
+        @return: whether the stream is taken care of (intercepting, or
+            refused by the C{<ssl>} layer).
+        """
+        settings = self._settings
+        interceptor = settings.registry.interceptor_for("ssl")
+        if interceptor is None or settings.authority is None:
+            return False
+        session = self._session
+        facts = dict(facts)
+        destination = session.destination
+        if session.sni and (destination is None or parse_address(destination.host) is not None):
+            # A transparent connection knows only the address: the name the
+            # client asked for is the one policy means.
+            facts["url.host"] = session.sni
+            facts.update(settings.facts_for(session.sni))
+        decision = settings.policy.decide(Checkpoint.SSL_INTERCEPT, session, facts)
+        if not decision.allow:
+            self._refuse(settings.registry.handoff_for("ssl"), "ssl", decision.reason)
+            return True
+        mode = Mode(decision.properties.get("ssl.forward_proxy", "no"))
+        if mode is Mode.NO:
+            return False
+        self._intercepting = True
+        self.transport.pauseProducing()
+        request = InterceptRequest(
+            context=self._context(),
+            settings=settings,
+            hello=self._buffer,
+            mode=mode,
+            decision=decision,
+            inner=lambda owner, upstream: self._inner(owner, upstream, mode, decision),
+        )
+        d = interceptor.intercept(request)  # type: ignore[attr-defined]
+        d.addCallbacks(self._intercepted, self._not_intercepted)
+        return True
+
+    def _inner(self, owner: Delegating, upstream: Any, mode: Mode, decision: Decision) -> Pipeline:
+        """The pipeline of the decrypted stream: detection again, then policy."""
+        properties = dict(self._decision.properties) if self._decision is not None else {}
+        properties.update({k: v for k, v in decision.properties.items() if v is not None})
+        merged = attrs.evolve(decision, properties=properties)
+        pipeline = Pipeline(
+            self._settings, self._session, upstream, owner, self._finished, merged, inside=mode, service=self._service
+        )
+        pipeline.quiet = self.quiet
+        return pipeline
+
+    def _intercepted(self, protocol: Any) -> None:
+        if not self._intercepting:  # the client left meanwhile
+            protocol.wrappedProtocol.connectionLost(None)
+            return
+        self._intercepting = False
+        self.transport.resumeProducing()
+        self._owner.hand_over(protocol, self._buffer)
+
+    def _not_intercepted(self, failure: Failure) -> None:
+        if not self._intercepting:
+            return
+        self._intercepting = False
+        reason = failure.getErrorMessage()
+        self._log.info("session {session}: ssl interception failed: {reason}", session=self._session.id, reason=reason)
+        self.transport.loseConnection()
+        self._upstream.transport.loseConnection()
+        self._finished(reason)
+
+    def _context(self) -> HandoffContext:
+        return HandoffContext(
             session=self._session,
             reactor=self._settings.reactor,
             upstream=self._upstream,
             idle_timeout=self._settings.idle_timeout,
             protocol_error=self._protocol_error,
             finished=self._finished,
-            service=getattr(self._owner, "factory", None),
+            service=self._service,
         )
-        protocol = handoff.build(context)
+
+    def _start(self, handoff: Any, replay: bytes) -> None:
+        protocol = handoff.build(self._context())
         self._owner.hand_over(protocol, replay)
         if self._client_eof and IHalfCloseableProtocol.providedBy(protocol):
             protocol.readConnectionLost()
@@ -285,4 +405,6 @@ class Pipeline(Protocol):
             error=str(error),
         )
         session.tunneled = True
+        if self._inside is not None:
+            session.client_protocol = "ssl"  # STunnel: the decrypted bytes, re-encrypted upstream
         self._start(self._settings.registry.handoff_for("tcp"), received)

@@ -1,0 +1,393 @@
+# -*- test-case-name: tests.net.test_intercept -*-
+"""
+SSL interception: TLS towards the upstream with the client's SNI and ALPN,
+the upstream certificate verified, an emulated certificate minted (or taken
+from the cache) and TLS towards the client completed with it; the decrypted
+stream then goes back through the pipeline (proxy handoff).
+
+Both TLS layers are L{TLSMemoryBIOProtocol}s laid over connections that are
+already open, since C{startTLS} would drop the ClientHello txgate peeked.
+The client's handshake waits (reading paused, its ClientHello held) until
+the upstream handshake is done, because the emulated certificate copies the
+upstream's.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import ipaddress
+import weakref
+from typing import Any, Callable, Hashable
+
+import attrs
+import service_identity
+from cryptography import x509
+from OpenSSL import SSL
+from OpenSSL.crypto import PKey, X509
+from service_identity.cryptography import verify_certificate_hostname, verify_certificate_ip_address
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+)
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.plugin import IPlugin
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txgate.detect.tls import parse_client_hello
+from txgate.interception import (
+    Mode,
+    choose_key_type,
+    describe_tls_failure,
+    describe_verify_error,
+    upstream_alpn,
+    vouched_template,
+)
+from txgate.interfaces import IInterceptor, InterceptRequest
+from txgate.net.pipeline import Delegating
+from txgate.net.upstream import Upstream
+from txgate.pki.mint import LeafTemplate, template_from_upstream
+
+__all__ = ["SSLInterceptor", "InterceptionFailed", "TLSUpstream", "Decrypted"]
+
+HANDSHAKE_TIMEOUT = 30.0
+"""Seconds the upstream TLS handshake may take before the client is told no."""
+
+
+class InterceptionFailed(Exception):
+    """The stream could not be intercepted; the message says why."""
+
+
+@implementer(IHandshakeListener)
+class TLSUpstream(Upstream):
+    """
+    The decrypted side of the upstream TLS connection: an L{Upstream} like
+    any other for the handoff that carries the stream.
+
+    @ivar sni: the server name sent, or C{None}.
+    @ivar alpn: the ALPN protocols offered.
+    @ivar errors: C{(depth, code)} of every certificate verification error
+        OpenSSL reported during the handshake.
+    @ivar handshake: fires with this object once the handshake is done, or
+        fails with the reason; C{None} afterwards.
+    """
+
+    def __init__(self, sni: str | None, alpn: tuple[str, ...]) -> None:
+        super().__init__()
+        self.sni = sni
+        self.alpn = alpn
+        self.errors: list[tuple[int, int]] = []
+        self.handshake: Deferred[TLSUpstream] | None = Deferred()
+
+    def handshakeCompleted(self) -> None:
+        d, self.handshake = self.handshake, None
+        if d is not None:
+            d.callback(self)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        d, self.handshake = self.handshake, None
+        if d is not None:
+            d.errback(InterceptionFailed(f"upstream TLS handshake failed: {describe_tls_failure(reason)}"))
+        super().connectionLost(reason)
+
+
+@attrs.define
+class _Ciphertext:
+    """
+    The receiver of the upstream TCP connection once TLS runs over it: every
+    byte goes to the TLS layer.
+    """
+
+    tls: Any
+    tcp: Upstream
+
+    def upstream_data(self, data: bytes) -> None:
+        self.tls.dataReceived(data)
+
+    def upstream_eof(self) -> None:
+        # TLS has no half-close: a server's FIN ends the connection.
+        self.tcp.transport.loseConnection()
+
+    def upstream_lost(self, reason: Failure) -> None:
+        self.tls.connectionLost(reason)
+
+
+@implementer(IHandshakeListener)
+class Decrypted(Delegating):
+    """
+    The client's side once TLS towards it is ours: waits for the client's
+    handshake, then hands the decrypted stream to C{start(self)} (the
+    pipeline again).
+
+    @ivar context: the server C{SSL.Context} holding the emulated leaf.
+    @ivar alpn: the ALPN protocol the upstream chose, offered to the client.
+    """
+
+    def __init__(
+        self,
+        context: SSL.Context,
+        alpn: bytes | None,
+        start: Callable[["Decrypted"], Any],
+        failed: Callable[[str], None],
+    ) -> None:
+        self.context = context
+        self.alpn = alpn
+        self._start = start
+        self._failed = failed
+
+    def select_alpn(self, offered: list[bytes]) -> bytes | Any:
+        if self.alpn is not None and self.alpn in offered:
+            return self.alpn
+        return SSL.NO_OVERLAPPING_PROTOCOLS
+
+    def handshakeCompleted(self) -> None:
+        self.hand_over(self._start(self))
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self._delegate is None:
+            self._failed(f"client TLS handshake failed: {describe_tls_failure(reason)}")
+            return
+        super().connectionLost(reason)
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class _ClientSide:
+    """Connections towards clients, each with its L{Decrypted}'s context."""
+
+    def serverConnectionForTLS(self, tls: Any) -> SSL.Connection:
+        decrypted = tls.wrappedProtocol
+        connection = SSL.Connection(decrypted.context, None)
+        connection.set_accept_state()
+        return connection
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _UpstreamSide:
+    """Connections towards upstream servers, with the client's SNI and ALPN."""
+
+    def __init__(self, context: SSL.Context) -> None:
+        self._context = context
+
+    def clientConnectionForTLS(self, tls: Any) -> SSL.Connection:
+        upstream: TLSUpstream = tls.wrappedProtocol
+        connection = SSL.Connection(self._context, None)
+        if upstream.sni:
+            connection.set_tlsext_host_name(upstream.sni.encode("ascii"))
+        if upstream.alpn:
+            connection.set_alpn_protos([p.encode("ascii", "replace") for p in upstream.alpn])
+        connection.set_connect_state()
+        return connection
+
+
+def _record_verify_error(connection: SSL.Connection, cert: X509, code: int, depth: int, ok: int) -> bool:
+    """
+    Note each verification error and let the handshake go on: an upstream
+    that fails verification is still emulated, under the untrusted issuer.
+    """
+    if not ok:
+        # Twisted makes the TLS layer the connection's app data.
+        connection.get_app_data().wrappedProtocol.errors.append((depth, code))
+    return True
+
+
+def _select_alpn(connection: SSL.Connection, offered: list[bytes]) -> Any:
+    return connection.get_app_data().wrappedProtocol.select_alpn(offered)
+
+
+def upstream_context(bundle: str) -> SSL.Context:
+    """
+    The one client context for every upstream connection: TLS 1.2 or later,
+    peer verification against C{bundle} (C{"system"} for the system store)
+    with errors recorded rather than fatal.
+    """
+    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    context.set_min_proto_version(SSL.TLS1_2_VERSION)
+    context.set_options(SSL.OP_NO_COMPRESSION)
+    context.set_verify(SSL.VERIFY_PEER, _record_verify_error)
+    if bundle == "system":
+        context.set_default_verify_paths()
+    else:
+        context.load_verify_locations(bundle)
+    return context
+
+
+def _server_context(cert: x509.Certificate, key: Any) -> SSL.Context:
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    context.set_min_proto_version(SSL.TLS1_2_VERSION)
+    context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE)
+    context.use_certificate(X509.from_cryptography(cert))
+    context.use_privatekey(PKey.from_cryptography_key(key))
+    context.set_alpn_select_callback(_select_alpn)
+    context.set_session_id(b"txgate")
+    return context
+
+
+def verify_upstream(upstream: TLSUpstream, leaf: x509.Certificate, name: str) -> str | None:
+    """
+    Why the upstream certificate is not to be trusted for C{name} (chain
+    errors first, then the name), or C{None} when it is.
+    """
+    if upstream.errors:
+        depth, code = min(upstream.errors)
+        return describe_verify_error(code) + (f" (certificate {depth} of the chain)" if depth else "")
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        address = None
+    try:
+        if address is not None:
+            verify_certificate_ip_address(leaf, str(address))
+        else:
+            verify_certificate_hostname(leaf, name)
+    except (service_identity.VerificationError, service_identity.CertificateError) as e:
+        return f"certificate does not match {name}"
+    return None
+
+
+class ContextCache:
+    """
+    Server contexts holding minted leaves, least recently used first out: a
+    host's certificate is minted once per template, key type and issuer.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.hits = 0
+        self.misses = 0
+        self._entries: collections.OrderedDict[Hashable, SSL.Context] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get_or_make(self, key: Hashable, make: Callable[[], SSL.Context]) -> SSL.Context:
+        context = self._entries.get(key)
+        if context is not None:
+            self.hits += 1
+            self._entries.move_to_end(key)
+            return context
+        self.misses += 1
+        context = self._entries[key] = make()
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+        return context
+
+
+class _Interception:
+    """What one authority's interception keeps between connections."""
+
+    def __init__(self, ssl: Any, authority: Any, reactor: Any) -> None:
+        self.ssl = ssl
+        self.authority = authority
+        self.contexts = ContextCache(ssl.cert_cache_size)
+        upstream_side = _UpstreamSide(upstream_context(ssl.upstream_ca_bundle))
+        self.upstream_factory = TLSMemoryBIOFactory(upstream_side, True, Factory(), clock=reactor)
+        self.client_factory = TLSMemoryBIOFactory(_ClientSide(), False, Factory(), clock=reactor)
+
+    def context_for(self, template: LeafTemplate, key_type: str, untrusted: bool) -> SSL.Context:
+        authority = self.authority
+
+        def make() -> SSL.Context:
+            minted = authority.mint(template, key_type, untrusted=untrusted)
+            return _server_context(minted, authority.leaf_key(key_type))
+
+        return self.contexts.get_or_make((template, key_type, untrusted), make)
+
+
+_states: "weakref.WeakKeyDictionary[Any, _Interception]" = weakref.WeakKeyDictionary()
+
+
+def interception_state(settings: Any) -> _Interception:
+    """The interception state of C{settings}' authority (made on first use)."""
+    state = _states.get(settings.authority)
+    if state is None:
+        state = _states[settings.authority] = _Interception(settings.ssl, settings.authority, settings.reactor)
+    return state
+
+
+@implementer(IPlugin, IInterceptor)
+class SSLInterceptor:
+    """
+    Intercepts C{ssl}: policy's C{ssl.forward_proxy(https)} or C{(yes)} on a
+    stream whose ClientHello was detected.
+    """
+
+    name = "ssl"
+    protocols = frozenset({"ssl"})
+    _log = Logger()
+
+    def intercept(self, request: InterceptRequest) -> Deferred[Any]:
+        context = request.context
+        settings = request.settings
+        state = interception_state(settings)
+        session = context.session
+        mode = Mode(request.mode)
+        tcp: Upstream = context.upstream  # type: ignore[assignment]
+        upstream = TLSUpstream(session.sni, upstream_alpn(session.alpn, mode))
+        tls = state.upstream_factory.protocol(state.upstream_factory, upstream)
+        tls.makeConnection(tcp.transport)
+        tcp.attach(_Ciphertext(tls, tcp))
+        handshake = upstream.handshake
+        assert handshake is not None
+        reactor = context.reactor
+        timer = reactor.callLater(HANDSHAKE_TIMEOUT, tls.abortConnection)  # type: ignore[attr-defined]
+
+        def done(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        handshake.addBoth(done)
+        handshake.addCallback(self._upstream_ready, request, state)
+        return handshake
+
+    def _upstream_ready(self, upstream: TLSUpstream, request: InterceptRequest, state: _Interception) -> Any:
+        session = request.context.session
+        connection = upstream.transport.getHandle()  # type: ignore[union-attr]
+        leaf = connection.get_peer_certificate(as_cryptography=True)
+        if leaf is None:
+            upstream.transport.loseConnection()  # type: ignore[union-attr]
+            raise InterceptionFailed("upstream sent no certificate")
+        destination = session.destination
+        name = session.sni or (destination.host if destination is not None else "")
+        now = datetime.datetime.fromtimestamp(request.context.reactor.seconds(), datetime.timezone.utc)  # type: ignore[attr-defined]
+        template = template_from_upstream(leaf, now=now)
+        untrusted = False
+        if state.ssl.verify_upstream == "strict":
+            problem = verify_upstream(upstream, leaf, name)
+            if problem is not None:
+                untrusted = bool(request.decision.properties.get("server.certificate.validate", True))
+                if not untrusted:
+                    template = vouched_template(template, name, now)
+                self._log.info(
+                    "session {session}: upstream certificate of {name} not trusted: {problem}; {outcome}",
+                    session=session.id,
+                    name=name,
+                    problem=problem,
+                    outcome="emulated under the untrusted issuer"
+                    if untrusted
+                    else "accepted (server.certificate.validate(no))",
+                )
+        try:
+            hello = parse_client_hello(request.hello)
+        except ValueError:
+            hello = None
+        key_type = choose_key_type(hello, state.ssl.leaf_keys)
+        context = state.context_for(template, key_type, untrusted)
+        session.intercepted = True
+        decrypted = Decrypted(
+            context,
+            upstream.transport.negotiatedProtocol,  # type: ignore[union-attr]
+            lambda owner: request.inner(owner, upstream),
+            lambda reason: self._client_failed(request, upstream, reason),
+        )
+        return state.client_factory.protocol(state.client_factory, decrypted)
+
+    def _client_failed(self, request: InterceptRequest, upstream: TLSUpstream, reason: str) -> None:
+        self._log.info("session {session}: {reason}", session=request.context.session.id, reason=reason)
+        upstream.transport.loseConnection()  # type: ignore[union-attr]
+        request.context.finished(reason)
