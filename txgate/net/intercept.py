@@ -18,15 +18,18 @@ import collections
 import datetime
 import ipaddress
 import weakref
+from ssl import get_default_verify_paths as ssl_paths
 from typing import Any, Callable, Hashable
 
 import attrs
 import service_identity
+import treq
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from OpenSSL import SSL
 from OpenSSL.crypto import PKey, X509
 from service_identity.cryptography import verify_certificate_hostname, verify_certificate_ip_address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
     IHandshakeListener,
     IOpenSSLClientConnectionCreator,
@@ -51,6 +54,7 @@ from txgate.interception import (
 from txgate.interfaces import IInterceptor, InterceptRequest
 from txgate.net.pipeline import Delegating
 from txgate.net.upstream import Upstream
+from txgate.pki import revocation
 from txgate.pki.mint import LeafTemplate, template_from_upstream
 
 __all__ = ["SSLInterceptor", "InterceptionFailed", "TLSUpstream", "Decrypted"]
@@ -249,6 +253,87 @@ def verify_upstream(upstream: TLSUpstream, leaf: x509.Certificate, name: str) ->
     return None
 
 
+def trust_anchors(bundle: str) -> list[x509.Certificate]:
+    """
+    The certificates of C{bundle} (C{"system"}: OpenSSL's default file), to
+    find the issuer of an upstream leaf sent without its chain.
+    """
+    path = bundle
+    if bundle == "system":
+        path = ssl_paths().cafile or ssl_paths().openssl_cafile
+    try:
+        with open(path, "rb") as f:
+            return x509.load_pem_x509_certificates(f.read())
+    except (OSError, ValueError):
+        return []
+
+
+class RevocationChecker:
+    """
+    Asks the OCSP responder an upstream leaf names whether it is revoked,
+    remembering answers until they go stale.
+
+    C{soft-fail} refuses only a certificate the responder says is revoked;
+    C{hard-fail} also one it cannot get a good answer for.
+    """
+
+    timeout = 5.0
+    _log = Logger()
+
+    def __init__(self, reactor: Any, mode: str, anchors: list[x509.Certificate]) -> None:
+        self._reactor = reactor
+        self._mode = mode
+        self._anchors = anchors
+        self._answers: dict[tuple[bytes, int], revocation.Status] = {}
+
+    def _now(self) -> datetime.datetime:
+        return datetime.datetime.fromtimestamp(self._reactor.seconds(), datetime.timezone.utc)
+
+    def check(self, leaf: x509.Certificate, chain: list[x509.Certificate]) -> Deferred[str | None]:
+        """
+        @return: a L{Deferred} firing with why C{leaf} is not to be trusted,
+            or C{None}.
+        """
+        issuer = revocation.find_issuer(leaf, [*chain, *self._anchors])
+        url = revocation.ocsp_url_of(leaf)
+        if issuer is None or url is None:
+            missing = "its issuer is unknown" if issuer is None else "it names no OCSP responder"
+            return succeed(self._verdict(revocation.Status(revocation.UNKNOWN, f"revocation not checked: {missing}", self._now())))
+        key = (issuer.fingerprint(hashes.SHA256()), leaf.serial_number)
+        known = self._answers.get(key)
+        if known is not None and known.until > self._now():
+            return succeed(self._verdict(known))
+        d = treq.post(
+            url,
+            data=revocation.ocsp_request(leaf, issuer),
+            headers={b"Content-Type": [b"application/ocsp-request"]},
+            timeout=self.timeout,
+            reactor=self._reactor,
+        )
+        d.addCallback(treq.content)
+
+        def answered(der: bytes) -> str | None:
+            status = revocation.judge(der, leaf, issuer, self._now())
+            self._answers[key] = status
+            return self._verdict(status)
+
+        def failed(failure: Failure) -> str | None:
+            reason = f"OCSP responder {url} unreachable: {failure.getErrorMessage()}"
+            return self._verdict(revocation.Status(revocation.UNKNOWN, reason, self._now()))
+
+        d.addCallbacks(answered, failed)
+        return d
+
+    def _verdict(self, status: revocation.Status) -> str | None:
+        if status.status == revocation.REVOKED:
+            return status.reason
+        if status.status == revocation.UNKNOWN:
+            if self._mode == "hard-fail":
+                return status.reason
+            self._log.info("upstream revocation (soft-fail): {reason}; accepted", reason=status.reason)
+        return None
+
+
 class ContextCache:
     """
     Server contexts holding minted leaves, least recently used first out: a
@@ -287,6 +372,9 @@ class _Interception:
         upstream_side = _UpstreamSide(upstream_context(ssl.upstream_ca_bundle))
         self.upstream_factory = TLSMemoryBIOFactory(upstream_side, True, Factory(), clock=reactor)
         self.client_factory = TLSMemoryBIOFactory(_ClientSide(), False, Factory(), clock=reactor)
+        self.revocation: RevocationChecker | None = None
+        if ssl.upstream_revocation != "off":
+            self.revocation = RevocationChecker(reactor, ssl.upstream_revocation, trust_anchors(ssl.upstream_ca_bundle))
 
     def context_for(self, template: LeafTemplate, key_type: str, untrusted: bool) -> SSL.Context:
         authority = self.authority
@@ -354,24 +442,41 @@ class SSLInterceptor:
             raise InterceptionFailed("upstream sent no certificate")
         destination = session.destination
         name = session.sni or (destination.host if destination is not None else "")
+        if state.ssl.verify_upstream != "strict":
+            return self._emulate(upstream, request, state, leaf, name, None)
+        problem = verify_upstream(upstream, leaf, name)
+        if problem is not None or state.revocation is None:
+            return self._emulate(upstream, request, state, leaf, name, problem)
+        chain = connection.get_peer_cert_chain(as_cryptography=True) or []
+        d = state.revocation.check(leaf, chain[1:])
+        d.addCallback(lambda problem: self._emulate(upstream, request, state, leaf, name, problem))
+        return d
+
+    def _emulate(
+        self,
+        upstream: TLSUpstream,
+        request: InterceptRequest,
+        state: _Interception,
+        leaf: x509.Certificate,
+        name: str,
+        problem: str | None,
+    ) -> Any:
+        """The client side, with a leaf emulating C{leaf} (under the untrusted issuer when C{problem})."""
+        session = request.context.session
         now = datetime.datetime.fromtimestamp(request.context.reactor.seconds(), datetime.timezone.utc)  # type: ignore[attr-defined]
         template = template_from_upstream(leaf, now=now)
         untrusted = False
-        if state.ssl.verify_upstream == "strict":
-            problem = verify_upstream(upstream, leaf, name)
-            if problem is not None:
-                untrusted = bool(request.decision.properties.get("server.certificate.validate", True))
-                if not untrusted:
-                    template = vouched_template(template, name, now)
-                self._log.info(
-                    "session {session}: upstream certificate of {name} not trusted: {problem}; {outcome}",
-                    session=session.id,
-                    name=name,
-                    problem=problem,
-                    outcome="emulated under the untrusted issuer"
-                    if untrusted
-                    else "accepted (server.certificate.validate(no))",
-                )
+        if problem is not None:
+            untrusted = bool(request.decision.properties.get("server.certificate.validate", True))
+            if not untrusted:
+                template = vouched_template(template, name, now)
+            self._log.info(
+                "session {session}: upstream certificate of {name} not trusted: {problem}; {outcome}",
+                session=session.id,
+                name=name,
+                problem=problem,
+                outcome="emulated under the untrusted issuer" if untrusted else "accepted (server.certificate.validate(no))",
+            )
         try:
             hello = parse_client_hello(request.hello)
         except ValueError:
