@@ -20,7 +20,7 @@ TRIAL_ARGS ?=
 SYSTEM_DEPS := nginx:nginx-light curl:curl openssl:openssl socat:socat ps:procps unshare:util-linux \
 	ip:iproute2 iptables:iptables ip6tables:iptables sipp:sip-tester turnutils_uclient:coturn turnserver:coturn
 
-.PHONY: all venv setup system-deps run test clean bench-policy
+.PHONY: all venv setup system-deps run test clean bench-policy bench-intercept
 
 all: venv
 
@@ -80,3 +80,8 @@ clean:
 # Benchmarks are not tests: run them on an idle machine and compare ratios.
 bench-policy: $(STAMP)
 	$(BIN)/python bench/policy_decisions.py
+
+# Starts nginx and twistd on 127.0.0.1 (nginx from `make system-deps`) and
+# writes bench/results/intercept-<date>.json.
+bench-intercept: $(STAMP)
+	$(BIN)/python bench/intercept.py

@@ -6,6 +6,7 @@ touches the global reactor.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Mapping
 
@@ -51,6 +52,7 @@ class Prepared:
 
     @ivar categories: the category lists of C{[txgate] categories}.
     @ivar realms: the authentication realms, by name.
+    @ivar keyring: the issuer keyring (generated on first start).
     """
 
     config: Config
@@ -59,6 +61,7 @@ class Prepared:
     environment: PolicyEnvironment
     categories: Any
     realms: Mapping[str, Any]
+    keyring: Any = None
 
 
 def environment_of(config: Config) -> tuple[PolicyEnvironment, Any]:
@@ -75,11 +78,13 @@ def environment_of(config: Config) -> tuple[PolicyEnvironment, Any]:
     return environment, categories
 
 
-def prepare(config: Config) -> Prepared:
+def prepare(config: Config, create_keyring: bool = True) -> Prepared:
     """
     Everything that can refuse a configuration before anything listens:
     plugin discovery, required plugins, category lists, realms, the policy
-    file.
+    file, the issuer keyring (generated into the state directory on first
+    start, unless C{create_keyring} is false; a key readable by others is
+    refused).
 
     @raise ConfigErrors: naming the file and key (or line) of each problem.
     """
@@ -100,9 +105,23 @@ def prepare(config: Config) -> Prepared:
         environment, categories = environment_of(config)
         realms = load_realms(config)
         policy = load_policy(config, registry, environment)
+        keyring = _keyring(config, create_keyring)
     except ConfigError as e:
         raise ConfigErrors((e,)) from None
-    return Prepared(config, registry, policy, environment, categories, realms)
+    return Prepared(config, registry, policy, environment, categories, realms, keyring)
+
+
+def _keyring(config: Config, create: bool) -> Any:
+    import datetime
+
+    from txgate.pki.authority import ca_directory, keyring_for
+
+    if not create and not os.path.isdir(ca_directory(config)):
+        return None
+    state_dir = config.txgate.state_dir
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    os.chmod(state_dir, 0o700)  # keys live here: never readable by others
+    return keyring_for(config, datetime.datetime.now(datetime.timezone.utc))
 
 
 def makeService(options: Options) -> Any:

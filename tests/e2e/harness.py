@@ -1002,15 +1002,17 @@ def start_nginx(
     tls: bool = False,
     root_files: Mapping[str, bytes] | None = None,
     docroot: str | None = None,
+    pki: Pki | None = None,
 ) -> defer.Deferred[NginxOrigin]:
     """
     Start nginx (one process, no daemon, every path in a fresh directory) on
     127.0.0.1 and a free port, serving C{docroot} or a new docroot holding
     C{root_files} (relative path -> content). With C{tls}, it speaks HTTPS
-    with a certificate from L{make_pki}. Fires once it accepts connections; a
-    cleanup stops it.
+    with a certificate from L{make_pki}, or with C{pki}'s certificate and key
+    when given (which implies C{tls}; C{ca_pem_path} is then C{pki}'s).
+    Fires once it accepts connections; a cleanup stops it.
     """
-    return defer.Deferred.fromCoroutine(_start_nginx(testcase, tls, root_files, docroot))
+    return defer.Deferred.fromCoroutine(_start_nginx(testcase, tls or pki is not None, root_files, docroot, pki))
 
 
 async def _start_nginx(
@@ -1018,6 +1020,7 @@ async def _start_nginx(
     tls: bool,
     root_files: Mapping[str, bytes] | None,
     docroot: str | None,
+    given_pki: Pki | None = None,
 ) -> NginxOrigin:
     nginx = require_tool("nginx")
     directory = _new_dir(testcase)
@@ -1029,7 +1032,7 @@ async def _start_nginx(
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as f:
             f.write(content)
-    pki = make_pki(directory) if tls else None
+    pki = given_pki if given_pki is not None else (make_pki(directory) if tls else None)
     tls_lines = ""
     if pki is not None:
         tls_lines = (

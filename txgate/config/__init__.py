@@ -8,12 +8,13 @@ listens, connects or installs a reactor.
 
 from txgate.config._files import read_text
 from txgate.config._load import load_config, load_default_config, parse_config
-from txgate.config._model import Config, RealmConfig, ServiceConfig, TxgateConfig, SERVICE_KINDS
+from txgate.config._model import SERVICE_KINDS, Config, RealmConfig, ServiceConfig, SSLConfig, TxgateConfig
 
 __all__ = [
     "Config",
     "RealmConfig",
     "ServiceConfig",
+    "SSLConfig",
     "TxgateConfig",
     "SERVICE_KINDS",
     "load_config",

@@ -11,11 +11,14 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import os
 import re
+import socket
 import tomllib
 from importlib import resources
 from typing import Any, Callable
 
+import attrs
 from twisted.internet.endpoints import serverFromString
 
 from txgate.config._files import read_text
@@ -23,8 +26,10 @@ from txgate.config._model import (
     DEFAULT_CLIENTS,
     SERVICE_KINDS,
     Config,
+    LEAF_KEY_TYPES,
     RealmConfig,
     ServiceConfig,
+    SSLConfig,
     TxgateConfig,
 )
 from txgate.errors import ConfigError, ConfigErrors
@@ -188,6 +193,116 @@ _SERVICE_KEYS: dict[str, Callable[[Any], Any]] = {
 _SERVICE_REQUIRED = ("name", "kind", "listen")
 
 
+def _leaf_keys(value: Any) -> tuple[str, ...]:
+    keys = _strings(value)
+    if not keys:
+        raise _Bad(f"expected at least one of {', '.join(map(json.dumps, LEAF_KEY_TYPES))}")
+    for key in keys:
+        if key not in LEAF_KEY_TYPES:
+            raise _Bad(f"expected key types among {', '.join(map(json.dumps, LEAF_KEY_TYPES))}, got {key!r}")
+    return tuple(dict.fromkeys(keys))
+
+
+def _whole(low: int, high: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise _Bad(f"expected a whole number from {low} to {high}, got {_toml(value)}")
+        return value
+
+    return check
+
+
+def _host_port(value: Any) -> str:
+    """C{host}, C{host:port} or C{[v6]:port}, as written into CRL and OCSP URLs."""
+    text = _string(value)
+    if not text:
+        return text
+    host, port = text, ""
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise _Bad(f"expected host[:port] (IPv6 as [addr]:port), got {text!r}")
+        port = rest[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise _Bad(f"{host!r} is not an IPv6 address") from None
+    elif ":" in text:
+        host, _, port = text.rpartition(":")
+        if not _HOSTNAME.fullmatch(host):
+            raise _Bad(f"expected host[:port] (IPv6 as [addr]:port), got {text!r}")
+    elif not _HOSTNAME.fullmatch(host):
+        raise _Bad(f"expected host[:port], got {text!r}")
+    if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise _Bad(f"the port of {text!r} must be a number from 1 to 65535")
+    return text.lower()
+
+
+def _ca_bundle(value: Any) -> str:
+    text = _string(value)
+    if text != "system" and not os.path.isfile(text):
+        raise _Bad(f"expected \"system\" or a PEM file of CA certificates; {text!r} is not a file")
+    return text
+
+
+def _optional_endpoint(value: Any) -> str:
+    return _endpoint(value) if _string(value) else ""
+
+
+_SSL_KEYS: dict[str, Callable[[Any], Any]] = {
+    "issuer_cert": _string,
+    "issuer_key": _string,
+    "untrusted_issuer": _string,
+    "leaf_keys": _leaf_keys,
+    "cert_cache_size": _whole(1, 10_000_000),
+    "crl_distribution_point": _boolean,
+    "crl_host": _host_port,
+    "crl_validity_days": _whole(1, 3650),
+    "ocsp": _boolean,
+    "verify_upstream": _choice("strict", "no"),
+    "upstream_ca_bundle": _ca_bundle,
+    "upstream_revocation": _choice("off", "soft-fail", "hard-fail"),
+    "crl_listen": _optional_endpoint,
+}
+
+
+def _ssl(errors: "_Collector", raw: Any, services: list[tuple[str, ServiceConfig]]) -> SSLConfig:
+    """The C{[ssl]} section, with C{crl_host} derived when it is not given."""
+    values = errors.table("ssl", raw, _SSL_KEYS)
+    if ("issuer_cert" in values) != ("issuer_key" in values) or bool(values.get("issuer_cert")) != bool(
+        values.get("issuer_key")
+    ):
+        missing = "issuer_key" if values.get("issuer_cert") else "issuer_cert"
+        errors.add(f"ssl.{missing}", "issuer_cert and issuer_key go together: set both, or neither to use the generated issuer")
+    config = SSLConfig(**values)
+    if not config.crl_host:
+        config = attrs.evolve(config, crl_host=_derived_crl_host(config, services))
+    return config
+
+
+def _derived_crl_host(config: SSLConfig, services: list[tuple[str, ServiceConfig]]) -> str:
+    """
+    Where clients reach txgate's CRL and OCSP responder when C{crl_host} is
+    not set: the interface and port of C{crl_listen}, else of the first
+    explicit-http service; a wildcard interface gives this machine's name
+    with that port, and no such listener the machine's name alone (port 80,
+    a transparent service).
+    """
+    listens = [config.crl_listen] if config.crl_listen else [s.listen for _, s in services if s.kind == "explicit-http"][:1]
+    for listen in listens:
+        try:
+            found = _describe_listener(listen)
+        except Exception:
+            found = None
+        if found is None or found[0] != "tcp" or not found[2]:
+            break  # not TCP, or port 0 (chosen at start): nothing to name
+        _, host, port = found
+        if host in _WILDCARDS:
+            host = socket.getfqdn().lower()
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return socket.getfqdn().lower()
+
+
 def _ttl(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value < math.inf):
         raise _Bad(f"expected a number of seconds, 0 or more, got {_toml(value)}")
@@ -283,8 +398,8 @@ def parse_config(text: str, path: str) -> Config:
         ) from None
     errors = _Collector(path)
     for key in document:
-        if key not in ("txgate", "service", "realm"):
-            errors.add(key, "unknown section (known: txgate, service, realm)")
+        if key not in ("txgate", "service", "realm", "ssl"):
+            errors.add(key, "unknown section (known: txgate, service, realm, ssl)")
     txgate = TxgateConfig(**errors.table("txgate", document.get("txgate", {}), _TXGATE_KEYS))
 
     services = []
@@ -307,12 +422,16 @@ def parse_config(text: str, path: str) -> Config:
             services.append((prefix, ServiceConfig(**values)))
 
     _check_unique_names(errors, services)
-    _check_overlaps(errors, services)
+    ssl = _ssl(errors, document.get("ssl", {}), services)
+    listeners = [(f"{prefix}.listen", service.listen) for prefix, service in services]
+    if ssl.crl_listen:
+        listeners.append(("ssl.crl_listen", ssl.crl_listen))
+    _check_overlaps(errors, listeners)
     realms = _realms(errors, document.get("realm", {}))
     _check_service_realms(errors, services, realms, document.get("realm", {}))
     if errors.errors:
         raise ConfigErrors(tuple(errors.errors))
-    return Config(path=path, txgate=txgate, services=tuple(s for _, s in services), realms=realms)
+    return Config(path=path, txgate=txgate, services=tuple(s for _, s in services), realms=realms, ssl=ssl)
 
 
 def load_config(path: str) -> Config:
@@ -385,19 +504,18 @@ def _check_unique_names(errors: _Collector, services: list[tuple[str, ServiceCon
             seen[service.name] = prefix
 
 
-def _check_overlaps(errors: _Collector, services: list[tuple[str, ServiceConfig]]) -> None:
+def _check_overlaps(errors: _Collector, listeners: list[tuple[str, str]]) -> None:
+    """No two listeners (C{(key, endpoint string)}) bind the same socket."""
     seen: list[tuple[str, tuple[str, str, object]]] = []
-    for prefix, service in services:
-        mine = _describe_listener(service.listen)
+    for key, listen in listeners:
+        mine = _describe_listener(listen)
         if mine is None:
             continue
-        for other_prefix, other in seen:
+        for other_key, other in seen:
             if _overlap(mine, other):
-                errors.add(
-                    f"{prefix}.listen",
-                    f"{service.listen!r} overlaps the listener of {other_prefix}",
-                )
-        seen.append((prefix, mine))
+                owner = other_key.removesuffix(".listen")
+                errors.add(key, f"{listen!r} overlaps the listener of {owner}")
+        seen.append((key, mine))
 
 
 _WILDCARDS = {"", "0.0.0.0", "::"}

@@ -77,6 +77,35 @@ class RealmConfig:
     credentials_ttl: float = 300.0
 
 
+LEAF_KEY_TYPES = ("ecdsa-p256", "rsa-2048")
+"""Leaf key types emulated certificates can carry."""
+
+
+@attrs.frozen
+class SSLConfig:
+    """
+    The C{[ssl]} section: txgate's issuer, emulated certificates, the CRL and
+    OCSP it serves, and how upstream certificates are checked.
+
+    @ivar crl_host: C{host[:port]} written into the CDP and AIA URLs; C{""}
+        means derived (see L{crl_host_of}).
+    """
+
+    issuer_cert: str = ""
+    issuer_key: str = ""
+    untrusted_issuer: str = ""
+    leaf_keys: tuple[str, ...] = LEAF_KEY_TYPES
+    cert_cache_size: int = 1024
+    crl_distribution_point: bool = True
+    crl_host: str = ""
+    crl_validity_days: int = 30
+    ocsp: bool = True
+    verify_upstream: str = "strict"
+    upstream_ca_bundle: str = "system"
+    upstream_revocation: str = "off"
+    crl_listen: str = ""
+
+
 @attrs.frozen
 class Config:
     """
@@ -84,9 +113,11 @@ class Config:
 
     @ivar path: the file it came from (C{"<defaults>"} for the embedded one).
     @ivar realms: the C{[realm.NAME]} tables by name.
+    @ivar ssl: the C{[ssl]} section.
     """
 
     path: str
     txgate: TxgateConfig
     services: tuple[ServiceConfig, ...]
     realms: Mapping[str, RealmConfig] = attrs.field(factory=dict)
+    ssl: SSLConfig = SSLConfig()

@@ -34,6 +34,7 @@ from txgate.net.idle import IdleWatch
 from txgate.net.pipeline import Delegating, Pipeline, PipelineSettings
 from txgate.net.transaction import Transaction, identify_client, open_session
 from txgate.net.upstream import Connector, Upstream, UpstreamPool, describe_connect_failure
+from txgate.pki.authority import MAX_OCSP_BODY
 from txgate.session import Address, ClientProtocol, Session
 
 __all__ = ["ExplicitProxyFactory", "ExplicitProxy"]
@@ -42,6 +43,7 @@ _REASONS = {
     400: "Bad Request",
     403: "Forbidden",
     407: "Proxy Authentication Required",
+    413: "Content Too Large",
     408: "Request Timeout",
     414: "URI Too Long",
     431: "Request Header Fields Too Large",
@@ -313,6 +315,12 @@ class ExplicitProxy(Delegating):
             self.error(transaction, e.status_hint, e.reason)
             return
         transaction.target = target.url()
+        authority = self.factory.settings.authority
+        if authority is not None and target.scheme == "http" and authority.is_crl_host(target.host, target.port):
+            # txgate's own CRL and OCSP: for every client, never behind
+            # authentication or policy (clients abort handshakes without them).
+            self._exchange = _AuthorityExchange(self, request, target, transaction, authority)  # type: ignore[assignment]
+            return
         if not self._allowed:
             self._log.info(
                 "{client}: denied: client not allowed by service {service}",
@@ -438,6 +446,50 @@ class ExplicitProxy(Delegating):
         else:
             self._closing = True
             self.transport.loseConnection()
+
+
+class _AuthorityExchange:
+    """A request for C{crl_host}, answered by the L{Authority} itself."""
+
+    def __init__(self, proxy: ExplicitProxy, request: h11.Request, target: Target, transaction: Transaction, authority: Any) -> None:
+        self._proxy = proxy
+        self._method = request.method.decode("ascii", "replace")
+        self._path = target.path.decode("ascii", "replace")
+        self._transaction = transaction
+        self._authority = authority
+        self._body = bytearray()
+        self._too_big = False
+        transaction.upstream = "-"
+
+    def client_data(self, data: bytes) -> None:
+        if len(self._body) + len(data) > MAX_OCSP_BODY:
+            self._too_big = True
+        elif not self._too_big:
+            self._body += data
+
+    def client_end(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        proxy = self._proxy
+        if self._too_big:
+            proxy.error(self._transaction, 413, f"request body larger than {MAX_OCSP_BODY} bytes")
+            return
+        answer = self._authority.http_answer(self._method, self._path, bytes(self._body))
+        headers = [
+            (b"content-type", answer.content_type.encode("ascii")),
+            (b"content-length", str(len(answer.body)).encode("ascii")),
+            (b"cache-control", b"no-cache" if answer.content_type.startswith("text/") else b"max-age=3600"),
+        ]
+        proxy.send(h11.Response(status_code=answer.status, headers=headers))
+        if self._method != "HEAD":
+            proxy.send(h11.Data(data=answer.body))
+        proxy.send(h11.EndOfMessage())
+        self._transaction.log(answer.status, "allow")
+        proxy.exchange_done(True)
+
+    def client_lost(self, reason: Failure | None) -> None:
+        self._transaction.log(None, "allow", "client closed the connection before the request was complete")
+
+    def timed_out(self, reason: str) -> None:
+        self._proxy.error(self._transaction, 408, f"{reason} while reading the request body")
 
 
 class _Exchange:

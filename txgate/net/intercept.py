@@ -38,7 +38,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -157,6 +157,20 @@ class Decrypted(Delegating):
             self._failed(f"client TLS handshake failed: {describe_tls_failure(reason)}")
             return
         super().connectionLost(reason)
+
+
+class _TLSLayer(BufferingTLSTransport):
+    """
+    Twisted's TLS layer, except that closing reads again: a TLS close waits
+    for the peer's close_notify, which a connection paused for backpressure
+    (or between two requests) would never read.
+    """
+
+    def loseConnection(self) -> None:
+        transport = self.transport
+        if transport is not None:
+            transport.resumeProducing()
+        super().loseConnection()
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -308,6 +322,7 @@ class RevocationChecker:
             data=revocation.ocsp_request(leaf, issuer),
             headers={b"Content-Type": [b"application/ocsp-request"]},
             timeout=self.timeout,
+            persistent=False,
             reactor=self._reactor,
         )
         d.addCallback(treq.content)
@@ -371,7 +386,9 @@ class _Interception:
         self.contexts = ContextCache(ssl.cert_cache_size)
         upstream_side = _UpstreamSide(upstream_context(ssl.upstream_ca_bundle))
         self.upstream_factory = TLSMemoryBIOFactory(upstream_side, True, Factory(), clock=reactor)
+        self.upstream_factory.protocol = _TLSLayer
         self.client_factory = TLSMemoryBIOFactory(_ClientSide(), False, Factory(), clock=reactor)
+        self.client_factory.protocol = _TLSLayer
         self.revocation: RevocationChecker | None = None
         if ssl.upstream_revocation != "off":
             self.revocation = RevocationChecker(reactor, ssl.upstream_revocation, trust_anchors(ssl.upstream_ca_bundle))

@@ -336,8 +336,15 @@ class Pipeline(Protocol):
         properties = dict(self._decision.properties) if self._decision is not None else {}
         properties.update({k: v for k, v in decision.properties.items() if v is not None})
         merged = attrs.evolve(decision, properties=properties)
+
+        def finished(reason: str) -> None:
+            # The record is the outer stream's: it shows the inner verdict.
+            self.denied = self.denied or pipeline.denied
+            self.quiet = self.quiet or pipeline.quiet
+            self._finished(reason)
+
         pipeline = Pipeline(
-            self._settings, self._session, upstream, owner, self._finished, merged, inside=mode, service=self._service
+            self._settings, self._session, upstream, owner, finished, merged, inside=mode, service=self._service
         )
         pipeline.quiet = self.quiet
         return pipeline

@@ -6,11 +6,14 @@ C{[[service]]}, sharing the plugins, policy, upstream pool and access log.
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import sys
 from typing import IO, TYPE_CHECKING, Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
@@ -18,12 +21,14 @@ from twisted.python.failure import Failure
 
 from txgate.accesslog import AccessLog, FileAccessObserver, format_json, format_text
 from txgate.config import Config, ServiceConfig
-from txgate.errors import ConfigError
+from txgate.errors import ConfigError, ConfigErrors
 from txgate.interfaces import IPolicy, PolicyEnvironment
 from txgate.net.explicit import ExplicitProxyFactory
 from txgate.net.pipeline import PipelineSettings
+from txgate.net.pkiservice import authority_site
 from txgate.net.streams import StreamProxyFactory
 from txgate.net.upstream import Connector, UpstreamPool
+from txgate.pki.authority import Authority, ca_directory
 from txgate.policy.live import LivePolicy
 from txgate.plugins import Registry
 
@@ -89,6 +94,10 @@ class ForwardService(MultiService):
         self.categories = prepared.categories
         self.realms = prepared.realms
         self.reactor = reactor
+        self.authority: Authority | None = None
+        if prepared.keyring is not None:
+            self.authority = Authority(prepared.keyring, config.ssl, ca_directory(config), self._now)
+        self._renewal: Any = None
         self.access = AccessLog()
         self.factories: dict[str, ExplicitProxyFactory] = {}
         self.ports: dict[str, Any] = {}
@@ -118,6 +127,8 @@ class ForwardService(MultiService):
             idle_timeout=service.idle_timeout,
             realms=self.realms,
             categories=self.categories,
+            ssl=self.config.ssl if self.authority is not None else None,
+            authority=self.authority,
         )
         connector = Connector(self.reactor, service.connect_timeout)
         pool = UpstreamPool(connector, self.reactor)
@@ -125,6 +136,46 @@ class ForwardService(MultiService):
         if service.kind in ("transparent", "tcp-tunnel", "socks5"):
             return StreamProxyFactory(service, settings, connector, pool, self.access)
         return ExplicitProxyFactory(service, settings, connector, pool, self.access)
+
+    def _now(self) -> datetime.datetime:
+        return datetime.datetime.fromtimestamp(self.reactor.seconds(), datetime.timezone.utc)
+
+    def _renew_crl(self) -> None:
+        """Sign today's CRL now, and again at the next UTC midnight."""
+        authority = self.authority
+        if authority is None:
+            return
+        try:
+            authority.crl_der()
+        except ConfigErrors as e:
+            self._log.error("CRL not renewed: {errors}", errors=str(e))
+        delay = max(1.0, (authority.next_renewal() - self._now()).total_seconds() + 1)
+        self._renewal = self.reactor.callLater(delay, self._renew_crl)
+
+    def _start_authority(self) -> None:
+        authority = self.authority
+        if authority is None:
+            return
+        self._renew_crl()
+        crl = authority.crl()
+        self._log.info(
+            "issuer {subject} (sha256 {fingerprint}); CRL and OCSP at http://{host}/ (CRL number {number}, next update {next})",
+            subject=authority.keyring.issuer_cert.subject.rfc4514_string(),
+            fingerprint=authority.keyring.issuer_cert.fingerprint(hashes.SHA256()).hex(":"),
+            host=self.config.ssl.crl_host,
+            number=crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number,
+            next=crl.next_update_utc.isoformat() if crl.next_update_utc else "-",
+        )
+        listen = self.config.ssl.crl_listen
+        if listen:
+            crl_service = ServiceConfig(name="crl_listen", kind="crl", listen=listen, clients=())
+            try:
+                endpoint = serverFromString(self.reactor, listen)
+            except Exception as e:
+                self._listen_failed(Failure(e), crl_service)
+                return
+            d = endpoint.listen(authority_site(authority))
+            d.addCallbacks(self._listening, self._listen_failed, (crl_service,), None, (crl_service,))
 
     def reload_policy(self) -> bool:
         """
@@ -149,6 +200,7 @@ class ForwardService(MultiService):
         # Connections still open at shutdown end after stopService, and their
         # records must still reach the file: close it after the reactor stops.
         self.reactor.addSystemEventTrigger("after", "shutdown", self.close_access_log)
+        self._start_authority()
         for service in self.config.services:
             factory = self._factory(service)
             self.factories[service.name] = factory
@@ -190,6 +242,8 @@ class ForwardService(MultiService):
         if previous is not None:
             signal.signal(signal.SIGHUP, previous)
             self._previous_sighup = None
+        if self._renewal is not None and self._renewal.active():
+            self._renewal.cancel()
         for pool in self._pools:
             pool.close_all()
         waits = [port.stopListening() for port in self.ports.values()]

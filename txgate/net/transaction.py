@@ -12,6 +12,7 @@ import attrs
 
 from txgate.accesslog import AccessLog
 from txgate.acl import client_allowed
+from txgate.net.upstream import no_delay
 from txgate.session import Address, Session, new_session_id
 
 __all__ = ["Transaction", "open_session", "identify_client"]
@@ -43,6 +44,7 @@ def identify_client(transport: Any, session: Session, clients: Any) -> bool:
 
     @return: whether the service's C{clients} list allows it.
     """
+    no_delay(transport)
     peer = transport.getPeer()
     session.client = Address(getattr(peer, "host", str(peer)), getattr(peer, "port", 0))
     return client_allowed(session.client.host, clients)

@@ -40,6 +40,7 @@ __all__ = [
     "Keyring",
     "UNTRUSTED_COMMON_NAME",
     "generate_keyring",
+    "load_ca_pair",
     "load_keyring",
     "load_or_create",
     "save_keyring",
@@ -359,3 +360,22 @@ def load_or_create(directory: str, now: datetime.datetime) -> Keyring:
     if not any(os.path.lexists(os.path.join(directory, name)) for name in ALL_FILES):
         save_keyring(generate_keyring(now), directory)
     return load_keyring(directory)
+
+
+def load_ca_pair(cert_path: str, key_path: str) -> tuple[x509.Certificate, IssuerKey]:
+    """
+    A configured CA: its certificate and private key, from two files or one
+    PEM file holding both (C{cert_path == key_path}).
+
+    @raise ConfigErrors: as L{load_keyring}, naming the files.
+    """
+    errors: list[ConfigError] = []
+    ca_kinds = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)
+    cert_dir, cert_name = os.path.split(os.path.abspath(cert_path))
+    key_dir, key_name = os.path.split(os.path.abspath(key_path))
+    cert = _load_cert(cert_dir, cert_name, errors)
+    key = _load_key(key_dir, key_name, errors, ca_kinds, "an RSA or ECDSA key")
+    _check_pair(cert_dir, cert_name, cert, key, errors)
+    if errors:
+        raise ConfigErrors(tuple(errors))
+    return cert, key  # type: ignore[return-value]

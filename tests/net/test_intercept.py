@@ -1,0 +1,332 @@
+# -*- test-case-name: tests.net.test_intercept -*-
+"""
+Tests for L{txgate.net.intercept}: SSL interception on loopback sockets with
+real OpenSSL on every side — a Twisted TLS origin under its own CA, the
+explicit service, and a TLS client that trusts only txgate's issuer.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+from typing import Any
+
+import attrs
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
+from OpenSSL.crypto import PKey, X509
+from twisted.internet import defer, protocol, reactor, ssl, task
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.trial.unittest import TestCase
+from twisted.web import resource, server
+from zope.interface import implementer
+
+from txgate.accesslog import AccessLog
+from txgate.config import SSLConfig, ServiceConfig
+from txgate.net.explicit import ExplicitProxyFactory
+from txgate.net.intercept import interception_state
+from txgate.net.pipeline import PipelineSettings
+from txgate.net.upstream import Connector, UpstreamPool
+from txgate.pki.authority import Authority
+from txgate.pki.keyring import load_or_create
+from txgate.pki.ocsp import answer_ocsp
+from txgate.plugins import discover
+from txgate.policy.cpl import parse_policy
+from txgate.testing import RecordingObserver
+
+UTC = datetime.timezone.utc
+INTERCEPT = "<ssl-intercept>\n    ssl.forward_proxy(yes)\n"
+
+
+async def settle() -> None:
+    """Let the proxy and the origin finish closing their side of a connection."""
+    await task.deferLater(reactor, 0.2, lambda: None)
+
+
+@attrs.frozen
+class OriginPKI:
+    ca: x509.Certificate
+    ca_key: Any
+    ca_path: str
+
+    def leaf(self, names: tuple[str, ...], *, expired: bool = False, ocsp_url: str | None = None, serial: int = 1000):
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(UTC)
+        start = now - datetime.timedelta(days=400 if expired else 1)
+        sans: list[x509.GeneralName] = []
+        for name in names:
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(name)))
+            except ValueError:
+                sans.append(x509.DNSName(name))
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+            .issuer_name(self.ca.subject)
+            .public_key(key.public_key())
+            .serial_number(serial)
+            .not_valid_before(start)
+            .not_valid_after(start + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        )
+        if ocsp_url:
+            builder = builder.add_extension(
+                x509.AuthorityInformationAccess(
+                    [x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url))]
+                ),
+                critical=False,
+            )
+        return builder.sign(self.ca_key, hashes.SHA256()), key
+
+
+def make_origin_pki(directory: str) -> OriginPKI:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "origin test CA")])
+    now = datetime.datetime.now(UTC)
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    path = os.path.join(directory, "origin-ca.pem")
+    with open(path, "wb") as f:
+        f.write(ca.public_bytes(serialization.Encoding.PEM))
+    return OriginPKI(ca, key, path)
+
+
+class _Hello(resource.Resource):
+    isLeaf = True
+
+    def render_GET(self, request: Any) -> bytes:
+        return b"hello " + request.uri
+
+
+class _OCSP(resource.Resource):
+    """An upstream CA's OCSP responder."""
+
+    isLeaf = True
+
+    def __init__(self, pki: OriginPKI, revoked: set[int]) -> None:
+        super().__init__()
+        self.pki, self.revoked, self.asked = pki, revoked, 0
+
+    def render_POST(self, request: Any) -> bytes:
+        self.asked += 1
+        request.setHeader(b"content-type", b"application/ocsp-response")
+        now = datetime.datetime.now(UTC)
+        return answer_ocsp(
+            request.content.read(),
+            issuer_cert=self.pki.ca,
+            issuer_key=self.pki.ca_key,
+            issued=lambda serial: True,
+            revoked={s: now for s in self.revoked},
+            now=now,
+        )
+
+
+@implementer(IHandshakeListener)
+class _Client(protocol.Protocol):
+    """CONNECT through the proxy, then TLS towards the origin, then one GET."""
+
+    def __init__(self, target: str, server_name: str, trust: x509.Certificate, alpn: list[bytes]) -> None:
+        self.target, self.server_name, self.trust, self.alpn = target, server_name, trust, alpn
+        self.buffer = b""
+        self.tls = False
+        self.done: defer.Deferred[dict[str, Any]] = defer.Deferred()
+        self.result: dict[str, Any] = {}
+
+    def connectionMade(self) -> None:
+        self.transport.write(f"CONNECT {self.target} HTTP/1.1\r\nHost: {self.target}\r\n\r\n".encode())
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        if not self.tls and b"\r\n\r\n" in self.buffer:
+            head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+            self.result["connect"] = head.split(b"\r\n")[0]
+            self.tls = True
+            trust = ssl.Certificate.loadPEM(self.trust.public_bytes(serialization.Encoding.PEM))
+            options = ssl.optionsForClientTLS(self.server_name, trustRoot=trust, acceptableProtocols=self.alpn)
+            self.transport.startTLS(options)
+            self.transport.write(f"GET /x HTTP/1.1\r\nHost: {self.server_name}\r\nConnection: close\r\n\r\n".encode())
+
+    def handshakeCompleted(self) -> None:
+        cert = self.transport.getPeerCertificate()
+        self.result["cert"] = cert.to_cryptography()
+        tls = getattr(self.transport, "protocol", self.transport)
+        self.result["alpn"] = tls.negotiatedProtocol
+
+    def connectionLost(self, reason: Any) -> None:
+        self.result["body"] = self.buffer
+        self.result["reason"] = reason
+        self.done.callback(self.result)
+
+
+class InterceptionTests(TestCase):
+    timeout = 30
+
+    def setUp(self) -> None:
+        self.tmp = os.path.abspath(self.mktemp())
+        os.makedirs(self.tmp)
+        self.origin = make_origin_pki(self.tmp)
+
+    def listen_origin(self, names: tuple[str, ...], **leaf: Any) -> int:
+        cert, key = self.origin.leaf(names, **leaf)
+        options = ssl.CertificateOptions(
+            privateKey=PKey.from_cryptography_key(key),
+            certificate=X509.from_cryptography(cert),
+            acceptableProtocols=[b"http/1.1"],
+        )
+        port = reactor.listenSSL(0, server.Site(_Hello()), options, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    def start_proxy(self, policy: str, **ssl_options: Any) -> int:
+        ssl_config = SSLConfig(upstream_ca_bundle=self.origin.ca_path, crl_host="127.0.0.1:1", **ssl_options)
+        self.keyring = load_or_create(os.path.join(self.tmp, "ca"), datetime.datetime.now(UTC))
+        self.authority = Authority(self.keyring, ssl_config, os.path.join(self.tmp, "ca"), lambda: datetime.datetime.now(UTC))
+        service = ServiceConfig(
+            name="explicit", kind="explicit-http", listen="tcp:0", clients=(ipaddress.ip_network("127.0.0.0/8"),)
+        )
+        self.settings = PipelineSettings(
+            registry=discover(),
+            policy=parse_policy(policy, "test.cpl"),
+            reactor=reactor,
+            detect_protocol=True,
+            tunnel_on_protocol_error=False,
+            idle_timeout=60.0,
+            ssl=ssl_config,
+            authority=self.authority,
+        )
+        connector = Connector(reactor)
+        pool = UpstreamPool(connector, reactor)
+        self.addCleanup(pool.close_all)
+        access = AccessLog()
+        self.records = RecordingObserver()
+        access.publisher.addObserver(self.records)
+        factory = ExplicitProxyFactory(service, self.settings, connector, pool, access)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    async def fetch(self, proxy: int, origin: int, server_name: str = "origin.test", alpn: tuple[bytes, ...] = (b"http/1.1",)) -> dict[str, Any]:
+        client = _Client(f"127.0.0.1:{origin}", server_name, self.keyring.issuer_cert, list(alpn))
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", proxy)
+        await connectProtocol(endpoint, client)
+        result = await client.done
+        await settle()
+        return result
+
+    async def test_https_intercepted(self) -> None:
+        """
+        The client gets a leaf from txgate's issuer with the origin's names,
+        a CRL distribution point and an OCSP URL; the request reaches the
+        origin and is logged as https with its full URL.
+        """
+        origin = self.listen_origin(("origin.test", "127.0.0.1"))
+        proxy = self.start_proxy(INTERCEPT)
+        result = await self.fetch(proxy, origin)
+        self.assertEqual(result["connect"], b"HTTP/1.1 200 Connection established")
+        self.assertIn(b"hello /x", result["body"])
+        cert = result["cert"]
+        self.assertEqual(cert.issuer, self.keyring.issuer_cert.subject)
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        self.assertEqual(sans.get_values_for_type(x509.DNSName), ["origin.test"])
+        self.assertIsNotNone(cert.extensions.get_extension_for_class(x509.CRLDistributionPoints))
+        self.assertIsNotNone(cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess))
+        [get] = [r for r in self.records.events if r["method"] == "GET"]
+        self.assertEqual((get["client_protocol"], get["target"], get["tunneled"]), ("https", f"https://origin.test:{origin}/x", False))
+
+    async def test_h2_offer_gets_http1(self) -> None:
+        """A client offering h2 and http/1.1 is answered with http/1.1, not a failed handshake."""
+        origin = self.listen_origin(("origin.test",))
+        proxy = self.start_proxy(INTERCEPT)
+        result = await self.fetch(proxy, origin, alpn=(b"h2", b"http/1.1"))
+        self.assertEqual(result["alpn"], b"http/1.1")
+        self.assertIn(b"hello /x", result["body"])
+
+    async def test_leaf_cached(self) -> None:
+        """A second connection to the same origin reuses the minted certificate."""
+        origin = self.listen_origin(("origin.test",))
+        proxy = self.start_proxy(INTERCEPT)
+        first = await self.fetch(proxy, origin)
+        second = await self.fetch(proxy, origin)
+        self.assertEqual(first["cert"].serial_number, second["cert"].serial_number)
+        contexts = interception_state(self.settings).contexts
+        self.assertEqual((contexts.misses, contexts.hits), (1, 1))
+
+    async def test_wrong_name_untrusted(self) -> None:
+        """An upstream whose certificate does not name the host is emulated under the untrusted issuer."""
+        origin = self.listen_origin(("elsewhere.test",))
+        proxy = self.start_proxy(INTERCEPT)
+        result = await self.fetch(proxy, origin)
+        self.assertNotIn("cert", result)  # the client refused the handshake
+        self.assertNotIn(b"hello", result["body"])
+
+    async def test_validate_no_vouches(self) -> None:
+        """With C{server.certificate.validate(no)} an expired upstream is accepted and the client is satisfied."""
+        origin = self.listen_origin(("origin.test",), expired=True)
+        proxy = self.start_proxy(INTERCEPT + "<ssl>\n    server.certificate.validate(no)\n")
+        result = await self.fetch(proxy, origin)
+        self.assertEqual(result["cert"].issuer, self.keyring.issuer_cert.subject)
+        self.assertIn(b"hello /x", result["body"])
+
+    async def test_revoked_upstream_untrusted(self) -> None:
+        """
+        Under C{upstream_revocation = "hard-fail"} an upstream its CA's OCSP
+        responder calls revoked is emulated under the untrusted issuer; a good
+        one passes, and its answer is reused.
+        """
+        responder = _OCSP(self.origin, revoked={2000})
+        port = reactor.listenTCP(0, server.Site(responder), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        url = f"http://127.0.0.1:{port.getHost().port}/"
+        good = self.listen_origin(("origin.test",), ocsp_url=url, serial=1000)
+        revoked = self.listen_origin(("origin.test",), ocsp_url=url, serial=2000)
+        proxy = self.start_proxy(INTERCEPT, upstream_revocation="hard-fail")
+        ok = await self.fetch(proxy, good)
+        self.assertIn(b"hello /x", ok["body"])
+        await self.fetch(proxy, good)
+        self.assertEqual(responder.asked, 1)
+        refused = await self.fetch(proxy, revoked)
+        self.assertNotIn("cert", refused)
+
+    async def test_unknown_inner_protocol_denied(self) -> None:
+        """
+        C{DENY client.protocol=!ssl tunneled=yes} stops an undetected
+        protocol inside intercepted TLS: the origin never answers it.
+        """
+        origin = self.listen_origin(("origin.test",))
+        proxy = self.start_proxy(INTERCEPT + "<proxy>\n    DENY client.protocol=!ssl tunneled=yes\n")
+        client = _Client(f"127.0.0.1:{origin}", "origin.test", self.keyring.issuer_cert, [b"http/1.1"])
+        client.dataReceived = _unknown_after_handshake(client)  # type: ignore[method-assign]
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", proxy), client)
+        result = await client.done
+        await settle()
+        self.assertEqual(result["body"], b"")
+        [record] = [r for r in self.records.events if r["method"] == "CONNECT"]
+        self.assertEqual(record["verdict"], "deny")
+
+
+def _unknown_after_handshake(client: _Client) -> Any:
+    """A dataReceived that sends a non-HTTP greeting instead of a GET."""
+
+    def data_received(data: bytes) -> None:
+        client.buffer += data
+        if not client.tls and b"\r\n\r\n" in client.buffer:
+            client.buffer = b""
+            client.tls = True
+            trust = ssl.Certificate.loadPEM(client.trust.public_bytes(serialization.Encoding.PEM))
+            client.transport.startTLS(ssl.optionsForClientTLS(client.server_name, trustRoot=trust))
+            client.transport.write(b"\x00\x01 this is no protocol txgate knows, but long enough to tell\r\n")
+
+    return data_received
