@@ -269,9 +269,7 @@ _SSL_KEYS: dict[str, Callable[[Any], Any]] = {
 def _ssl(errors: "_Collector", raw: Any, services: list[tuple[str, ServiceConfig]]) -> SSLConfig:
     """The C{[ssl]} section, with C{crl_host} derived when it is not given."""
     values = errors.table("ssl", raw, _SSL_KEYS)
-    if ("issuer_cert" in values) != ("issuer_key" in values) or bool(values.get("issuer_cert")) != bool(
-        values.get("issuer_key")
-    ):
+    if bool(values.get("issuer_cert")) != bool(values.get("issuer_key")):
         missing = "issuer_key" if values.get("issuer_cert") else "issuer_cert"
         errors.add(f"ssl.{missing}", "issuer_cert and issuer_key go together: set both, or neither to use the generated issuer")
     config = SSLConfig(**values)

@@ -23,7 +23,10 @@ import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from twisted.logger import Logger
+
 from txgate.config import Config, SSLConfig
+from txgate.errors import ConfigErrors
 from txgate.pki import keyring as keyrings
 from txgate.pki.crl import CRL_CONTENT_TYPE, RevocationList, build_crl, crl_number_for, load_revocations
 from txgate.pki.mint import KEY_TYPE_ECDSA, LeafTemplate, mint_leaf
@@ -91,6 +94,8 @@ class Authority:
     @ivar ca_issuers_url: the AIA caIssuers URL (the issuer certificate).
     """
 
+    _log = Logger()
+
     def __init__(self, keyring: keyrings.Keyring, ssl: SSLConfig, ca_dir: str, clock: Clock) -> None:
         self.keyring = keyring
         self.ssl = ssl
@@ -104,14 +109,17 @@ class Authority:
         host, _, port = ssl.crl_host.rpartition(":") if not ssl.crl_host.endswith("]") else (ssl.crl_host, "", "")
         if not host or not port.isdigit():
             host, port = ssl.crl_host, "80"
-        self._crl_host = (host.strip("[]").lower(), int(port))
+        self._crl_host = (host.strip("[]").lower().rstrip("."), int(port))
         self._revocations = RevocationList()
         self._revocations_stat: tuple[int, int] | None = None
         self._crl: tuple[tuple[datetime.datetime, int], bytes] | None = None
         self.issuer_der = keyring.issuer_cert.public_bytes(serialization.Encoding.DER)
         self.minted = 0
         self.ocsp_answers = 0
-        self.refresh()
+        # At start a bad revocation file is refused (ConfigErrors): starting
+        # with none would turn revoked certificates good again.
+        self._revocations = load_revocations(self._revoked_path)
+        self._revocations_stat = self._stat()
 
     # -- minting -----------------------------------------------------------------
 
@@ -142,18 +150,25 @@ class Authority:
     def refresh(self) -> None:
         """
         Read the revocation file again if it changed (a stat per call), so
-        C{txgate ca revoke} takes effect without a restart.
-
-        @raise ConfigErrors: the file has a bad line.
+        C{txgate ca revoke} takes effect without a restart. A file with a bad
+        line is logged and the revocations read before stay in force.
         """
+        seen = self._stat()
+        if seen != self._revocations_stat:
+            self._revocations_stat = seen
+            try:
+                self._revocations = load_revocations(self._revoked_path)
+            except ConfigErrors as e:
+                # Serving the last good list beats failing every CRL and OCSP
+                # request: clients abort handshakes without them.
+                self._log.error("{path} not read again, keeping the revocations read before: {errors}", path=self._revoked_path, errors=str(e))
+
+    def _stat(self) -> tuple[int, int] | None:
         try:
             st = os.stat(self._revoked_path)
-            seen = (st.st_mtime_ns, st.st_size)
         except FileNotFoundError:
-            seen = None
-        if seen != self._revocations_stat:
-            self._revocations = load_revocations(self._revoked_path)
-            self._revocations_stat = seen
+            return None
+        return (st.st_mtime_ns, st.st_size)
 
     @property
     def revocations(self) -> RevocationList:
