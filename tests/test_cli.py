@@ -381,13 +381,14 @@ class CAShowTests(_CATestCase):
     def test_no_revocations(self) -> None:
         """Nothing revoked: the CRL is numbered by the start of the UTC day."""
         self.init()
-        midnights = {
-            crl_number_for(datetime.datetime.now(datetime.timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0))
-        }
+
+        def midnight() -> int:
+            now = datetime.datetime.now(datetime.timezone.utc)
+            return crl_number_for(now.replace(hour=0, minute=0, second=0, microsecond=0))
+
+        midnights = {midnight()}
         status, out, err = self.ca("show")
-        midnights.add(
-            crl_number_for(datetime.datetime.now(datetime.timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0))
-        )
+        midnights.add(midnight())
         self.assertEqual((status, err), (0, ""))
         self.assertIn("revoked serials: 0\n", out)
         numbers = [line.split(": ")[1] for line in out.splitlines() if line.startswith("CRL number: ")]

@@ -295,9 +295,8 @@ def _ca_show(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if config.ssl.issuer_cert:
         out.write(f"issuer certificate: {config.ssl.issuer_cert} (ssl.issuer_cert)\n")
     out.write(f"SHA-256 fingerprint: {_fingerprint(cert)}\n")
-    out.write(
-        f"valid: {cert.not_valid_before_utc.strftime(stamp)} to {cert.not_valid_after_utc.strftime(stamp)}\n"
-    )
+    not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
+    out.write(f"valid: {not_before.strftime(stamp)} to {not_after.strftime(stamp)}\n")
     out.write(f"untrusted issuer: {keyring.untrusted_cert.subject.rfc4514_string()}\n")
     out.write(f"directory: {ca_dir}\n")
     for name in ALL_FILES + (REVOKED_FILE,):

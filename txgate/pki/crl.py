@@ -196,8 +196,8 @@ def _parse_line(path: str, number: int, line: str) -> Revocation | ConfigError:
             f'expected {{"serial": "<hex>", "time": "YYYY-MM-DDTHH:MM:SSZ"}}: {e}',
             line=number,
         )
-    if serial <= 0:
-        return ConfigError(path, "", f"serial must be positive, not {record['serial']!r}", line=number)
+    if serial <= 0 or serial.bit_length() > 159:
+        return ConfigError(path, "", f"serial must be positive and at most 20 bytes, not {record['serial']!r}", line=number)
     return Revocation(serial, time)
 
 
