@@ -171,7 +171,9 @@ class _Client(protocol.Protocol):
         self.done.callback(self.result)
 
 
-class InterceptionTests(TestCase):
+class _ProxyCase(TestCase):
+    """A TLS origin under its own CA and the explicit service intercepting."""
+
     timeout = 30
 
     def setUp(self) -> None:
@@ -225,6 +227,11 @@ class InterceptionTests(TestCase):
         result = await client.done
         await settle()
         return result
+
+
+
+class InterceptionTests(_ProxyCase):
+    """C{ssl.forward_proxy(yes)}: interception with proxy handoff."""
 
     async def test_https_intercepted(self) -> None:
         """
@@ -315,6 +322,28 @@ class InterceptionTests(TestCase):
         self.assertEqual(result["body"], b"")
         [record] = [r for r in self.records.events if r["method"] == "CONNECT"]
         self.assertEqual(record["verdict"], "deny")
+
+
+class HTTPSModeTests(_ProxyCase):
+    """C{ssl.forward_proxy(https)}: only HTTP may run inside."""
+
+    async def test_non_http_closed(self) -> None:
+        origin = self.listen_origin(("origin.test",))
+        proxy = self.start_proxy("<ssl-intercept>\n    ssl.forward_proxy(https)\n")
+        client = _Client(f"127.0.0.1:{origin}", "origin.test", self.keyring.issuer_cert, [b"http/1.1"])
+        client.dataReceived = _unknown_after_handshake(client)  # type: ignore[method-assign]
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", proxy), client)
+        result = await client.done
+        await settle()
+        self.assertEqual(result["body"], b"")
+        [record] = [r for r in self.records.events if r["method"] == "CONNECT"]
+        self.assertIn("ssl.forward_proxy(https) carries only HTTP", record["reason"])
+
+    async def test_http_carried(self) -> None:
+        origin = self.listen_origin(("origin.test",))
+        proxy = self.start_proxy("<ssl-intercept>\n    ssl.forward_proxy(https)\n")
+        result = await self.fetch(proxy, origin)
+        self.assertIn(b"hello /x", result["body"])
 
 
 def _unknown_after_handshake(client: _Client) -> Any:
