@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import inspect
-import ipaddress
 import json
 import multiprocessing
 import os
@@ -46,12 +44,12 @@ from typing import Any, Callable
 
 import attrs
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from txgate.config import SSLConfig
+from txgate.pki.authority import Authority
 from txgate.pki.keyring import generate_keyring
-from txgate.pki.mint import KEY_TYPE_ECDSA, KEY_TYPE_RSA, mint_leaf, random_serial, template_from_upstream
+from txgate.pki.mint import KEY_TYPE_ECDSA, KEY_TYPE_RSA, template_from_upstream
+from txgate.testing import make_ca, make_server_cert, write_pem
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
@@ -75,106 +73,19 @@ class BenchError(Exception):
 # ---------------------------------------------------------------- certificates
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+def _origin_ca(now: datetime.datetime) -> tuple[x509.Certificate, Any]:
+    return make_ca("txgate bench origin CA", now - datetime.timedelta(days=1), now + datetime.timedelta(days=30))
 
 
-def _origin_ca(now: datetime.datetime) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = _name("txgate bench origin CA")
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return cert, key
-
-
-def _origin_leaf(
-    ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, host: str, now: datetime.datetime,
-    key: ec.EllipticCurvePrivateKey | None = None,
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def _origin_leaf(ca: x509.Certificate, ca_key: Any, host: str, now: datetime.datetime, key: Any = None) -> tuple[x509.Certificate, Any]:
     """A server certificate for C{host} (and 127.0.0.1), as an upstream would present it."""
-    key = key or ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(host))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(host), x509.IPAddress(ipaddress.ip_address(LOOPBACK))]),
-            critical=False,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
+    return make_server_cert(
+        ca, ca_key, [host], [LOOPBACK],
+        not_before=now - datetime.timedelta(days=1), not_after=now + datetime.timedelta(days=30), key=key,
     )
-    return cert, key
 
 
 # ---------------------------------------------------------------- minting
-
-
-def _minter(keyring: Any, now: datetime.datetime, ca_dir: str) -> tuple[str, Callable[[Any, str], x509.Certificate]]:
-    """
-    C{(how, mint(template, key_type))}: the running proxy's path,
-    C{Authority.mint} (serials, CDP and AIA URLs included), when
-    C{txgate.pki.authority} exists and can be built here; else C{mint_leaf}
-    with the keyring's issuer and leaf keys and no URLs.
-    """
-    try:
-        from txgate.pki.authority import Authority
-    except ImportError as e:
-        authority_problem = f"txgate.pki.authority not importable ({e})"
-    else:
-        try:
-            from txgate.config import SSLConfig
-
-            ssl_config = attrs.evolve(SSLConfig(), crl_host=f"{LOOPBACK}:8080")
-            # The constructor is still settling; pass what each parameter names.
-            offered = {"keyring": keyring, "ssl": ssl_config, "ssl_config": ssl_config, "ca_dir": ca_dir,
-                       "crl_host": ssl_config.crl_host, "clock": lambda: now}
-            wanted = list(inspect.signature(Authority).parameters)
-            unknown = [p for p in wanted if p not in offered]
-            if unknown:
-                raise TypeError(f"Authority{inspect.signature(Authority)}: unknown parameters {unknown}")
-            authority = Authority(**{p: offered[p] for p in wanted})
-            return "Authority.mint", lambda template, key_type: authority.mint(template, key_type, untrusted=False)
-        except Exception as e:  # an API still moving: say so and measure the core
-            authority_problem = f"Authority could not be built here ({type(e).__name__}: {e})"
-    keys = {KEY_TYPE_ECDSA: keyring.leaf_ecdsa_key, KEY_TYPE_RSA: keyring.leaf_rsa_key}
-
-    def mint(template: Any, key_type: str) -> x509.Certificate:
-        return mint_leaf(
-            template,
-            issuer_cert=keyring.issuer_cert,
-            issuer_key=keyring.issuer_key,
-            leaf_key=keys[key_type],
-            serial=random_serial(),
-            crl_url=None,
-            ocsp_url=None,
-            ca_issuers_url=None,
-        )
-
-    return f"mint_leaf ({authority_problem})", mint
 
 
 def measure_minting(seconds: float, limit: int) -> dict[str, Any]:
@@ -186,14 +97,15 @@ def measure_minting(seconds: float, limit: int) -> dict[str, Any]:
     now = datetime.datetime.now(datetime.timezone.utc)
     keyring = generate_keyring(now)
     with tempfile.TemporaryDirectory(prefix="txgate-bench-ca-") as ca_dir:
-        how, mint = _minter(keyring, now, ca_dir)
-        return _mint_rows(how, mint, keyring, now, seconds, limit)
+        # The running proxy's path: serials, CDP and AIA URLs included.
+        authority = Authority(keyring, attrs.evolve(SSLConfig(), crl_host=f"{LOOPBACK}:8080"), ca_dir, lambda: now)
+        return _mint_rows("Authority.mint", authority.mint, keyring, now, seconds, limit)
 
 
 def _mint_rows(how: str, mint: Callable[[Any, str], x509.Certificate], keyring: Any,
                now: datetime.datetime, seconds: float, limit: int) -> dict[str, Any]:
     ca, ca_key = _origin_ca(now)
-    upstream_key = ec.generate_private_key(ec.SECP256R1())
+    upstream_key = _origin_leaf(ca, ca_key, "h.bench.test", now)[1]
     upstreams = [_origin_leaf(ca, ca_key, f"h{i}.bench.test", now, upstream_key)[0] for i in range(limit)]
     rows = []
     for key_type in (KEY_TYPE_ECDSA, KEY_TYPE_RSA):
@@ -320,14 +232,10 @@ def start_nginx(children: Children, tmp: str) -> tuple[int, int, str]:
     now = datetime.datetime.now(datetime.timezone.utc)
     ca, ca_key = _origin_ca(now)
     leaf, key = _origin_leaf(ca, ca_key, ORIGIN_NAME, now)
-    pem = serialization.Encoding.PEM
     ca_path = os.path.join(tmp, "origin-ca.pem")
-    with open(ca_path, "wb") as f:
-        f.write(ca.public_bytes(pem))
-    with open(os.path.join(tmp, "origin.pem"), "wb") as f:
-        f.write(leaf.public_bytes(pem) + ca.public_bytes(pem))
-    with open(os.open(os.path.join(tmp, "origin.key"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
-        f.write(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    write_pem(ca_path, ca)
+    write_pem(os.path.join(tmp, "origin.pem"), leaf, ca)
+    write_pem(os.path.join(tmp, "origin.key"), key=key)
     os.makedirs(os.path.join(tmp, "docroot"))
     with open(os.path.join(tmp, "docroot", "index.html"), "wb") as f:
         f.write(BODY)

@@ -15,8 +15,6 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from txgate.detect.tls import parse_client_hello
 from txgate.interception import (
-    KEY_ECDSA,
-    KEY_RSA,
     Mode,
     choose_key_type,
     describe_tls_failure,
@@ -25,6 +23,8 @@ from txgate.interception import (
     upstream_alpn,
     vouched_template,
 )
+from txgate.pki.mint import KEY_TYPE_ECDSA as KEY_ECDSA
+from txgate.pki.mint import KEY_TYPE_RSA as KEY_RSA
 from txgate.pki.mint import LeafTemplate
 
 from .detect.samples import capture

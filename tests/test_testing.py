@@ -122,3 +122,27 @@ class RecordingObserverTests(SynchronousTestCase):
         observer({"a": 1})
         observer({"b": 2})
         self.assertEqual(observer.events, [{"a": 1}, {"b": 2}])
+
+
+class CertificateHelperTests(SynchronousTestCase):
+    """L{make_ca} and L{make_server_cert} make a chain a client accepts."""
+
+    def test_chain_verifies(self) -> None:
+        import datetime
+        import os
+        import stat
+
+        from cryptography import x509
+        from cryptography.x509.verification import PolicyBuilder, Store
+
+        from txgate.testing import make_ca, make_server_cert, write_pem
+
+        now = datetime.datetime.now(datetime.timezone.utc)
+        window = {"not_before": now - datetime.timedelta(hours=1), "not_after": now + datetime.timedelta(days=1)}
+        ca, ca_key = make_ca("test CA", **window)
+        leaf, key = make_server_cert(ca, ca_key, ["origin.test"], ["127.0.0.1"], ocsp_url="http://ocsp.test/", **window)
+        verifier = PolicyBuilder().store(Store([ca])).time(now).build_server_verifier(x509.DNSName("origin.test"))
+        self.assertEqual(verifier.verify(leaf, [])[-1], ca)
+        path = self.mktemp()
+        write_pem(path, key=key)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)

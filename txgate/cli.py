@@ -131,18 +131,6 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
 
-def _fingerprint(cert: Any) -> str:
-    from cryptography.hazmat.primitives import hashes
-
-    return cert.fingerprint(hashes.SHA256()).hex(":").upper()
-
-
-def _has_keyring(ca_dir: str) -> bool:
-    from txgate.pki.keyring import ALL_FILES
-
-    return any(os.path.lexists(os.path.join(ca_dir, name)) for name in ALL_FILES)
-
-
 def _no_keyring(ca_dir: str, err: TextIO) -> int:
     err.write(f"no keyring in {ca_dir} yet: run `txgate ca init` or start txgate\n")
     return 1
@@ -150,32 +138,37 @@ def _no_keyring(ca_dir: str, err: TextIO) -> int:
 
 def _ca_init(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from txgate.pki.authority import ca_directory
-    from txgate.pki.keyring import ISSUER_CERT, ISSUER_KEY, generate_keyring, save_keyring
+    from txgate.pki.keyring import (
+        ISSUER_CERT,
+        ISSUER_KEY,
+        fingerprint,
+        generate_keyring,
+        has_keyring,
+        private_directory,
+        save_keyring,
+    )
 
     config = _load(args, err)
     if config is None:
         return 1
     ca_dir = ca_directory(config)
-    if _has_keyring(ca_dir):
+    if has_keyring(ca_dir):
         err.write(
             f"{ca_dir} already holds a keyring; remove it first to make a new issuer"
             " (clients trust the old one)\n"
         )
         return 1
-    state_dir = config.txgate.state_dir
     try:
-        os.makedirs(state_dir, mode=0o700, exist_ok=True)
-        os.chmod(state_dir, 0o700)  # keys live here: never readable by others, as at start
+        private_directory(config.txgate.state_dir)  # as at start
         keyring = generate_keyring(_now())
         save_keyring(keyring, ca_dir)
-        os.chmod(ca_dir, 0o700)
     except OSError as e:
         where = e.filename or ca_dir
         err.write(f"{where}: cannot create the keyring: {e.strerror}\n")
         return 1
     out.write(f"issuer certificate (import this into clients): {os.path.join(ca_dir, ISSUER_CERT)}\n")
     out.write(f"issuer private key: {os.path.join(ca_dir, ISSUER_KEY)}\n")
-    out.write(f"SHA-256 fingerprint: {_fingerprint(keyring.issuer_cert)}\n")
+    out.write(f"SHA-256 fingerprint: {fingerprint(keyring.issuer_cert)}\n")
     if config.ssl.issuer_cert:
         out.write(
             f"note: ssl.issuer_cert is set, so txgate signs with the configured issuer"
@@ -221,6 +214,7 @@ def _hex_serial(serial: int) -> str:
 def _ca_revoke(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from txgate.pki.authority import ca_directory, keyring_for
     from txgate.pki.crl import REVOKED_FILE, append_revocation, load_revocations
+    from txgate.pki.keyring import has_keyring
     from txgate.pki.serials import SerialIssuer
 
     try:
@@ -232,7 +226,7 @@ def _ca_revoke(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if config is None:
         return 1
     ca_dir = ca_directory(config)
-    if not _has_keyring(ca_dir):
+    if not has_keyring(ca_dir):
         return _no_keyring(ca_dir, err)
     path = os.path.join(ca_dir, REVOKED_FILE)
     shown = _hex_serial(serial)
@@ -269,23 +263,22 @@ def _ca_revoke(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _ca_show(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from cryptography import x509
-
     from txgate.pki.authority import Authority, ca_directory, keyring_for
     from txgate.pki.crl import REVOKED_FILE
-    from txgate.pki.keyring import ALL_FILES
+    from txgate.pki.keyring import ALL_FILES, fingerprint, has_keyring
 
     config = _load(args, err)
     if config is None:
         return 1
     ca_dir = ca_directory(config)
-    if not _has_keyring(ca_dir):
+    if not has_keyring(ca_dir):
         return _no_keyring(ca_dir, err)
     now = _now()
     try:
         keyring = keyring_for(config, now)
         authority = Authority(keyring, config.ssl, ca_dir, lambda: now)
-        crl = authority.crl()
+        number = authority.crl_number()
+        next_update = authority.crl().next_update_utc
     except (ConfigErrors, ConfigError) as e:
         err.write(f"{e}\n")
         return 1
@@ -294,7 +287,7 @@ def _ca_show(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     out.write(f"issuer: {cert.subject.rfc4514_string()}\n")
     if config.ssl.issuer_cert:
         out.write(f"issuer certificate: {config.ssl.issuer_cert} (ssl.issuer_cert)\n")
-    out.write(f"SHA-256 fingerprint: {_fingerprint(cert)}\n")
+    out.write(f"SHA-256 fingerprint: {fingerprint(cert)}\n")
     not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
     out.write(f"valid: {not_before.strftime(stamp)} to {not_after.strftime(stamp)}\n")
     out.write(f"untrusted issuer: {keyring.untrusted_cert.subject.rfc4514_string()}\n")
@@ -302,8 +295,6 @@ def _ca_show(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     for name in ALL_FILES + (REVOKED_FILE,):
         out.write(f"  {os.path.join(ca_dir, name)}\n")
     out.write(f"revoked serials: {len(authority.revocations)}\n")
-    number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
-    next_update = crl.next_update_utc
     out.write(f"CRL number: {number}\n")
     out.write(f"CRL next update: {next_update.strftime(stamp) if next_update else '-'}\n")
     return 0

@@ -19,7 +19,7 @@ from OpenSSL import SSL
 from twisted.python.failure import Failure
 
 from txgate.detect.tls import ClientHello
-from txgate.pki.mint import LeafTemplate
+from txgate.pki.mint import KEY_TYPE_ECDSA, KEY_TYPE_RSA, LeafTemplate
 from txgate.session import ClientProtocol
 
 __all__ = [
@@ -41,8 +41,6 @@ TLS13 = 0x0304
 # TLS 1.2 cipher suites that authenticate with an ECDSA certificate.
 ECDSA_SUITES = frozenset({0xC02B, 0xC02C, 0xCCA9, 0xC009, 0xC00A, 0xC023, 0xC024, 0xC0AC, 0xC0AD, 0xC0AE, 0xC0AF})
 
-KEY_ECDSA = "ecdsa-p256"
-KEY_RSA = "rsa-2048"
 
 
 class Mode(enum.StrEnum):
@@ -75,11 +73,11 @@ def choose_key_type(hello: ClientHello | None, available: Sequence[str]) -> str:
     """
     if not available:
         raise ValueError("no leaf key types configured")
-    if KEY_ECDSA in available and hello is not None and ECDSA_SECP256R1_SHA256 in _signature_algorithms(hello):
+    if KEY_TYPE_ECDSA in available and hello is not None and ECDSA_SECP256R1_SHA256 in _signature_algorithms(hello):
         if TLS13 in hello.supported_versions or ECDSA_SUITES.intersection(hello.cipher_suites):
-            return KEY_ECDSA
-    if KEY_RSA in available:
-        return KEY_RSA
+            return KEY_TYPE_ECDSA
+    if KEY_TYPE_RSA in available:
+        return KEY_TYPE_RSA
     return available[0]
 
 

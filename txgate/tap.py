@@ -115,12 +115,11 @@ def _keyring(config: Config, create: bool) -> Any:
     import datetime
 
     from txgate.pki.authority import ca_directory, keyring_for
+    from txgate.pki.keyring import private_directory
 
     if not create and not os.path.isdir(ca_directory(config)):
         return None
-    state_dir = config.txgate.state_dir
-    os.makedirs(state_dir, mode=0o700, exist_ok=True)
-    os.chmod(state_dir, 0o700)  # keys live here: never readable by others
+    private_directory(config.txgate.state_dir)
     return keyring_for(config, datetime.datetime.now(datetime.timezone.utc))
 
 

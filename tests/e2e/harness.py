@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import ipaddress
 import json
 import os
 import re
@@ -836,76 +835,20 @@ def make_pki(
     C{ip_addresses} (P-256 keys, valid from yesterday for 30 days) into
     C{directory}. C{cert_path} holds the leaf then the CA.
     """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from txgate.testing import make_ca, make_server_cert, write_pem
 
     now = datetime.datetime.now(datetime.timezone.utc)
-    validity = (now - datetime.timedelta(days=1), now + datetime.timedelta(days=30))
-
-    def name(cn: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = name("txgate e2e test CA")
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(validity[0])
-        .not_valid_after(validity[1])
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    dns_names = list(dns_names)
-    sans: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
-    sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(name(dns_names[0] if dns_names else "server"))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(validity[0])
-        .not_valid_after(validity[1])
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
+    validity = {"not_before": now - datetime.timedelta(days=1), "not_after": now + datetime.timedelta(days=30)}
+    ca, ca_key = make_ca("txgate e2e test CA", **validity)
+    leaf, key = make_server_cert(ca, ca_key, list(dns_names), list(ip_addresses), **validity)
     pki = Pki(
         os.path.join(directory, "ca.pem"),
         os.path.join(directory, "server.pem"),
         os.path.join(directory, "server.key"),
     )
-    with open(pki.ca_pem_path, "wb") as f:
-        f.write(ca.public_bytes(pem))
-    with open(pki.cert_path, "wb") as f:
-        f.write(leaf.public_bytes(pem) + ca.public_bytes(pem))
-    with open(os.open(pki.key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
-        f.write(
-            key.private_bytes(
-                pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
+    write_pem(pki.ca_pem_path, ca)
+    write_pem(pki.cert_path, leaf, ca)
+    write_pem(pki.key_path, key=key)
     return pki
 
 

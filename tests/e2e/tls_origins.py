@@ -26,7 +26,6 @@ transparent service can intercept them.
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import os
 import re
 import socket
@@ -127,79 +126,30 @@ def make_origin_pki(
     """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    from txgate.testing import make_ca, make_server_cert, write_pem
 
     os.makedirs(directory, exist_ok=True)
     now = datetime.datetime.now(datetime.timezone.utc)
     day = datetime.timedelta(days=1)
-    pem = serialization.Encoding.PEM
-
-    def name(cn: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = name("txgate e2e origin CA")
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - 30 * day)
-        .not_valid_after(now + 60 * day)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
+    ca, ca_key = make_ca("txgate e2e origin CA", now - 30 * day, now + 60 * day)
     ca_pem_path = os.path.join(directory, "origin-ca.pem")
-    with open(ca_pem_path, "wb") as f:
-        f.write(ca.public_bytes(pem))
+    write_pem(ca_pem_path, ca)
 
     def leaf(
         stem: str, dns: Sequence[str], ips: Sequence[str], start: datetime.datetime, end: datetime.datetime,
         cdp: str | None = None,
     ) -> Pki:
-        key = ec.generate_private_key(ec.SECP256R1())
-        sans: list[x509.GeneralName] = [x509.DNSName(n) for n in dns]
-        sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ips]
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name(dns[0]))
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(end)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        )
-        if cdp is not None:
-            point = x509.DistributionPoint([x509.UniformResourceIdentifier(cdp)], None, None, None)
-            cert = cert.add_extension(x509.CRLDistributionPoints([point]), critical=False)
-        cert = cert.sign(ca_key, hashes.SHA256())
+        cert, key = make_server_cert(ca, ca_key, dns, ips, not_before=start, not_after=end, crl_url=cdp)
         pki = Pki(ca_pem_path, os.path.join(directory, f"{stem}.pem"), os.path.join(directory, f"{stem}.key"))
-        with open(pki.cert_path, "wb") as f:
-            f.write(cert.public_bytes(pem) + ca.public_bytes(pem))
-        with open(os.open(pki.key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
-            f.write(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        write_pem(pki.cert_path, cert, ca)
+        write_pem(pki.key_path, key=key)
         return pki
 
     if crl_url is not None:
         crl = (
             x509.CertificateRevocationListBuilder()
-            .issuer_name(ca_name)
+            .issuer_name(ca.subject)
             .last_update(now - day)
             .next_update(now + 7 * day)
             .add_extension(x509.CRLNumber(1), critical=False)
@@ -443,7 +393,7 @@ def _tls_exchange(
             return TlsExchange(status, None, certificate, b"", False)
         try:
             tls.sendall(payload)
-        except OSError as e:
+        except OSError:
             return TlsExchange(status, None, certificate, b"", True)
         echoed = bytearray()
         closed = False

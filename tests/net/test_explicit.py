@@ -30,7 +30,11 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nKeep-Alive: timeout=5\r\n\r\nhell
 class _Harness:
     """An explicit proxy service with a fake connector, clock and access log."""
 
-    def __init__(self, allow: bool = True, **service: Any) -> None:
+    def __init__(self, allow: bool = True, settings: dict[str, Any] | None = None, **service: Any) -> None:
+        """
+        @param settings: L{PipelineSettings} fields to set (policy, realms,
+            ssl, authority...), over a policy of C{allow}.
+        """
         self.clock = MemoryReactorClock()
         self.connector = FakeConnector(self.clock)
         self.pool = UpstreamPool(self.connector, self.clock)  # type: ignore[arg-type]
@@ -42,7 +46,7 @@ class _Harness:
         )
         options.update(service)
         self.service = ServiceConfig(**options)  # type: ignore[arg-type]
-        settings = PipelineSettings(
+        fields: dict[str, Any] = dict(
             registry=discover(),
             policy=DefaultPolicy(allow),
             reactor=self.clock,
@@ -50,10 +54,11 @@ class _Harness:
             tunnel_on_protocol_error=self.service.tunnel_on_protocol_error,
             idle_timeout=self.service.idle_timeout,
         )
+        fields.update(settings or {})
         self.access = AccessLog()
         self.records = RecordingObserver()
         self.access.publisher.addObserver(self.records)
-        self.factory = ExplicitProxyFactory(self.service, settings, self.connector, self.pool, self.access)  # type: ignore[arg-type]
+        self.factory = ExplicitProxyFactory(self.service, PipelineSettings(**fields), self.connector, self.pool, self.access)  # type: ignore[arg-type]
 
     def client(self, host: str = "127.0.0.1") -> tuple[ExplicitProxy, StringTransport]:
         protocol = self.factory.buildProtocol(None)

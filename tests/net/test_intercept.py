@@ -14,9 +14,7 @@ from typing import Any
 
 import attrs
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
+from cryptography.hazmat.primitives import serialization
 from OpenSSL.crypto import PKey, X509
 from twisted.internet import defer, protocol, reactor, ssl, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -36,7 +34,7 @@ from txgate.pki.keyring import load_or_create
 from txgate.pki.ocsp import answer_ocsp
 from txgate.plugins import discover
 from txgate.policy.cpl import parse_policy
-from txgate.testing import RecordingObserver
+from txgate.testing import RecordingObserver, make_ca, make_server_cert, write_pem
 
 UTC = datetime.timezone.utc
 INTERCEPT = "<ssl-intercept>\n    ssl.forward_proxy(yes)\n"
@@ -54,53 +52,30 @@ class OriginPKI:
     ca_path: str
 
     def leaf(self, names: tuple[str, ...], *, expired: bool = False, ocsp_url: str | None = None, serial: int = 1000):
-        key = ec.generate_private_key(ec.SECP256R1())
+        """A server certificate for C{names} (DNS names or addresses)."""
         now = datetime.datetime.now(UTC)
         start = now - datetime.timedelta(days=400 if expired else 1)
-        sans: list[x509.GeneralName] = []
-        for name in names:
-            try:
-                sans.append(x509.IPAddress(ipaddress.ip_address(name)))
-            except ValueError:
-                sans.append(x509.DNSName(name))
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-            .issuer_name(self.ca.subject)
-            .public_key(key.public_key())
-            .serial_number(serial)
-            .not_valid_before(start)
-            .not_valid_after(start + datetime.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        dns = [n for n in names if not _is_address(n)]
+        ips = [n for n in names if _is_address(n)]
+        return make_server_cert(
+            self.ca, self.ca_key, dns, ips,
+            not_before=start, not_after=start + datetime.timedelta(days=30), serial=serial, ocsp_url=ocsp_url,
         )
-        if ocsp_url:
-            builder = builder.add_extension(
-                x509.AuthorityInformationAccess(
-                    [x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url))]
-                ),
-                critical=False,
-            )
-        return builder.sign(self.ca_key, hashes.SHA256()), key
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def make_origin_pki(directory: str) -> OriginPKI:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "origin test CA")])
     now = datetime.datetime.now(UTC)
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    ca, key = make_ca("origin test CA", now - datetime.timedelta(days=1), now + datetime.timedelta(days=365))
     path = os.path.join(directory, "origin-ca.pem")
-    with open(path, "wb") as f:
-        f.write(ca.public_bytes(serialization.Encoding.PEM))
+    write_pem(path, ca)
     return OriginPKI(ca, key, path)
 
 

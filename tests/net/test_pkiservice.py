@@ -7,32 +7,28 @@ L{txgate.net.pkiservice} (the dedicated C{crl_listen} site), all in memory.
 from __future__ import annotations
 
 import io
-import ipaddress
 from typing import Any
 
 from cryptography import x509
 from cryptography.x509 import ocsp
 from twisted.internet.address import IPv4Address
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
-from txgate.accesslog import AccessLog
 from txgate.auth import Realm, parse_htpasswd
-from txgate.config import ServiceConfig, SSLConfig
+from txgate.config import SSLConfig
 from txgate.interfaces import PolicyEnvironment
-from txgate.net.explicit import ExplicitProxy, ExplicitProxyFactory
 from txgate.net.pipeline import PipelineSettings
 from txgate.net.pkiservice import AuthorityResource, authority_site
-from txgate.net.upstream import UpstreamPool
 from txgate.pki.authority import MAX_OCSP_BODY, Authority
 from txgate.pki.mint import KEY_TYPE_ECDSA, template_from_upstream
-from txgate.plugins import discover
 from txgate.policy.cpl import parse_policy
 from txgate.policy.default import DefaultPolicy
-from txgate.testing import FakeConnector, HalfCloseableStringTransport, RecordingObserver
+from txgate.testing import HalfCloseableStringTransport
 
 from tests.auth.test_htpasswd import bcrypt_hash
+from tests.net.test_explicit import _Harness as ExplicitHarness
 from tests.pki.helpers import NOW, keyring, upstream_cert
 from tests.pki.test_authority import FakeClock, ocsp_request
 
@@ -53,42 +49,20 @@ def _split(response: bytes) -> tuple[bytes, dict[bytes, bytes], bytes]:
     return lines[0], headers, body
 
 
-class _Harness:
+class _Harness(ExplicitHarness):
     """An explicit proxy service whose settings carry an L{Authority}."""
 
     def __init__(self, testcase: SynchronousTestCase, policy: Any = None, crl_host: str = "crl.test:80") -> None:
-        self.clock = MemoryReactorClock()
-        self.connector = FakeConnector(self.clock)
-        self.pool = UpstreamPool(self.connector, self.clock)  # type: ignore[arg-type]
-        self.service = ServiceConfig(
-            name="explicit",
-            kind="explicit-http",
-            listen="tcp:0",
-            clients=(ipaddress.ip_network("127.0.0.0/8"),),
-        )
         self.authority = _authority(testcase, crl_host)
         users = parse_htpasswd(f"alice:{bcrypt_hash(b'secret')}\n", "users.htpasswd")
-        settings = PipelineSettings(
-            registry=discover(),
-            policy=policy if policy is not None else DefaultPolicy(True),
-            reactor=self.clock,
-            detect_protocol=True,
-            tunnel_on_protocol_error=False,
-            idle_timeout=self.service.idle_timeout,
-            realms={"corp": Realm("corp", users)},
-            ssl=self.authority.ssl,
-            authority=self.authority,
-        )
-        self.access = AccessLog()
-        self.records = RecordingObserver()
-        self.access.publisher.addObserver(self.records)
-        self.factory = ExplicitProxyFactory(self.service, settings, self.connector, self.pool, self.access)  # type: ignore[arg-type]
-
-    def client(self, host: str = "127.0.0.1") -> tuple[ExplicitProxy, StringTransport]:
-        protocol = self.factory.buildProtocol(None)
-        transport = HalfCloseableStringTransport(peerAddress=IPv4Address("TCP", host, 40000))
-        protocol.makeConnection(transport)
-        return protocol, transport
+        settings: dict[str, Any] = {
+            "realms": {"corp": Realm("corp", users)},
+            "ssl": self.authority.ssl,
+            "authority": self.authority,
+        }
+        if policy is not None:
+            settings["policy"] = policy
+        super().__init__(settings=settings)
 
 
 GET_CRL = b"GET http://crl.test/txgate.crl HTTP/1.1\r\nHost: crl.test\r\n\r\n"

@@ -286,19 +286,19 @@ def _derived_crl_host(config: SSLConfig, services: list[tuple[str, ServiceConfig
     with that port, and no such listener the machine's name alone (port 80,
     a transparent service).
     """
-    listens = [config.crl_listen] if config.crl_listen else [s.listen for _, s in services if s.kind == "explicit-http"][:1]
-    for listen in listens:
-        try:
-            found = _describe_listener(listen)
-        except Exception:
-            found = None
-        if found is None or found[0] != "tcp" or not found[2]:
-            break  # not TCP, or port 0 (chosen at start): nothing to name
-        _, host, port = found
-        if host in _WILDCARDS:
-            host = socket.getfqdn().lower()
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return socket.getfqdn().lower()
+    name = socket.getfqdn().lower()
+    explicit = [s.listen for _, s in services if s.kind == "explicit-http"]
+    listen = config.crl_listen or (explicit[0] if explicit else None)
+    try:
+        found = _describe_listener(listen) if listen else None
+    except Exception:
+        found = None  # a bad endpoint string is reported on its own key
+    if found is None or found[0] != "tcp" or not found[2]:
+        return name  # no TCP listener with a known port (port 0 is chosen at start)
+    _, host, port = found
+    if host in _WILDCARDS:
+        host = name
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _ttl(value: Any) -> float:

@@ -10,6 +10,8 @@ from typing import Mapping
 
 import attrs
 
+from txgate.pki.mint import KEY_TYPE_ECDSA, KEY_TYPE_RSA
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 SERVICE_KINDS = ("explicit-http", "transparent", "tcp-tunnel", "socks5")
@@ -77,7 +79,7 @@ class RealmConfig:
     credentials_ttl: float = 300.0
 
 
-LEAF_KEY_TYPES = ("ecdsa-p256", "rsa-2048")
+LEAF_KEY_TYPES = (KEY_TYPE_ECDSA, KEY_TYPE_RSA)
 """Leaf key types emulated certificates can carry."""
 
 

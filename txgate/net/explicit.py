@@ -117,7 +117,7 @@ class ExplicitProxy(Delegating):
     """Whether every request goes over C{spare}, this connection's own upstream (intercepted TLS), never the pool."""
 
     def connectionMade(self) -> None:
-        self.session = open_session(self.factory, ClientProtocol.HTTP)
+        self.session = open_session(self.factory, ClientProtocol.HTTP, self.transport)
         self._identify_client()
         self._identified = False
         self.begin_http()
@@ -473,12 +473,7 @@ class _AuthorityExchange:
             proxy.error(self._transaction, 413, f"request body larger than {MAX_OCSP_BODY} bytes")
             return
         answer = self._authority.http_answer(self._method, self._path, bytes(self._body))
-        headers = [
-            (b"content-type", answer.content_type.encode("ascii")),
-            (b"content-length", str(len(answer.body)).encode("ascii")),
-            (b"cache-control", b"no-cache" if answer.content_type.startswith("text/") else b"max-age=3600"),
-        ]
-        proxy.send(h11.Response(status_code=answer.status, headers=headers))
+        proxy.send(h11.Response(status_code=answer.status, headers=answer.headers()))
         if self._method != "HEAD":
             proxy.send(h11.Data(data=answer.body))
         proxy.send(h11.EndOfMessage())

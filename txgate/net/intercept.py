@@ -14,12 +14,11 @@ upstream's.
 
 from __future__ import annotations
 
-import collections
 import datetime
 import ipaddress
 import weakref
 from ssl import get_default_verify_paths as ssl_paths
-from typing import Any, Callable, Hashable
+from typing import Any, Callable
 
 import attrs
 import service_identity
@@ -55,7 +54,7 @@ from txgate.interfaces import IInterceptor, InterceptRequest
 from txgate.net.pipeline import Delegating
 from txgate.net.upstream import Upstream
 from txgate.pki import revocation
-from txgate.pki.mint import LeafTemplate, template_from_upstream
+from txgate.pki.mint import LeafCache, LeafTemplate, template_from_upstream
 
 __all__ = ["SSLInterceptor", "InterceptionFailed", "TLSUpstream", "Decrypted"]
 
@@ -87,6 +86,9 @@ class TLSUpstream(Upstream):
         self.alpn = alpn
         self.errors: list[tuple[int, int]] = []
         self.handshake: Deferred[TLSUpstream] | None = Deferred()
+
+    def connectionMade(self) -> None:
+        """The TCP connection under the TLS layer already sends at once."""
 
     def handshakeCompleted(self) -> None:
         d, self.handshake = self.handshake, None
@@ -262,7 +264,7 @@ def verify_upstream(upstream: TLSUpstream, leaf: x509.Certificate, name: str) ->
             verify_certificate_ip_address(leaf, str(address))
         else:
             verify_certificate_hostname(leaf, name)
-    except (service_identity.VerificationError, service_identity.CertificateError) as e:
+    except (service_identity.VerificationError, service_identity.CertificateError):
         return f"certificate does not match {name}"
     return None
 
@@ -349,41 +351,15 @@ class RevocationChecker:
         return None
 
 
-class ContextCache:
-    """
-    Server contexts holding minted leaves, least recently used first out: a
-    host's certificate is minted once per template, key type and issuer.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.hits = 0
-        self.misses = 0
-        self._entries: collections.OrderedDict[Hashable, SSL.Context] = collections.OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get_or_make(self, key: Hashable, make: Callable[[], SSL.Context]) -> SSL.Context:
-        context = self._entries.get(key)
-        if context is not None:
-            self.hits += 1
-            self._entries.move_to_end(key)
-            return context
-        self.misses += 1
-        context = self._entries[key] = make()
-        while len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
-        return context
-
-
 class _Interception:
     """What one authority's interception keeps between connections."""
 
     def __init__(self, ssl: Any, authority: Any, reactor: Any) -> None:
         self.ssl = ssl
         self.authority = authority
-        self.contexts = ContextCache(ssl.cert_cache_size)
+        # Server contexts holding minted leaves: a host's certificate is
+        # minted once per template, key type and issuer.
+        self.contexts = LeafCache(ssl.cert_cache_size)
         upstream_side = _UpstreamSide(upstream_context(ssl.upstream_ca_bundle))
         self.upstream_factory = TLSMemoryBIOFactory(upstream_side, True, Factory(), clock=reactor)
         self.upstream_factory.protocol = _TLSLayer
@@ -400,7 +376,7 @@ class _Interception:
             minted = authority.mint(template, key_type, untrusted=untrusted)
             return _server_context(minted, authority.leaf_key(key_type))
 
-        return self.contexts.get_or_make((template, key_type, untrusted), make)
+        return self.contexts.get_or_mint(template, key_type, make, untrusted=untrusted)
 
 
 _states: "weakref.WeakKeyDictionary[Any, _Interception]" = weakref.WeakKeyDictionary()

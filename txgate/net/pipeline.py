@@ -20,7 +20,7 @@ from zope.interface import implementer
 from txgate.acl import parse_address
 from txgate.detection import UNKNOWN, detect
 from txgate.errors import PeerProtocolError
-from txgate.interception import Mode, describe_tls_failure, inner_name
+from txgate.interception import InnerName, Mode, describe_tls_failure, inner_name
 from txgate.interfaces import NEED_MORE, Checkpoint, Decision, Detected, HandoffContext, InterceptRequest, IPolicy
 from txgate.plugins import Registry
 from txgate.policy.categories import Categories
@@ -227,6 +227,10 @@ class Pipeline(Protocol):
             self._timer.cancel()
         self._timer = None
 
+    def _name_of(self, protocol: str) -> InnerName:
+        """What a detected protocol is called here (inside intercepted TLS, HTTP is C{https}...)."""
+        return inner_name(protocol) if self._inside is not None else InnerName(protocol, protocol)
+
     def _decide(self, verdict: Detected) -> None:
         if self._decided:
             return
@@ -236,11 +240,10 @@ class Pipeline(Protocol):
         session = self._session
         settings = self._settings
         inside = self._inside
-        name = inner_name(verdict.protocol) if inside is not None else None
-        wanted = name.policy if name is not None else verdict.protocol
-        if verdict.protocol != UNKNOWN.protocol and not self._detects(wanted):
+        name = self._name_of(verdict.protocol)
+        if verdict.protocol != UNKNOWN.protocol and not self._detects(name.policy):
             verdict = UNKNOWN
-            name = inner_name(verdict.protocol) if inside is not None else None
+            name = self._name_of(verdict.protocol)
         if inside is Mode.HTTPS and verdict.protocol != "http":
             session.stack.append(verdict.protocol)
             found = "no protocol detected" if verdict is UNKNOWN else f"{verdict.protocol} found"
@@ -249,10 +252,9 @@ class Pipeline(Protocol):
                 self._buffer,
             )
             return
-        carried = name.carried if name is not None else verdict.protocol
-        handoff = settings.registry.handoff_for("tcp" if carried == "ssl" and inside is not None else verdict.protocol)
-        session.stack.append(carried)
-        session.client_protocol = name.policy if name is not None else verdict.protocol
+        handoff = settings.registry.handoff_for(verdict.protocol)
+        session.stack.append(name.carried)
+        session.client_protocol = name.policy
         session.tunneled = bool(handoff.tunneled)
         for key in ("sni", "alpn"):
             if key in verdict.facts and inside is None:
@@ -263,7 +265,7 @@ class Pipeline(Protocol):
             facts.setdefault("url.port", session.destination.port)
             facts.update(settings.facts_for(session.destination.host))
         decision = settings.policy.decide(Checkpoint.CONNECTION, session, facts)
-        session.client_protocol = carried
+        session.client_protocol = name.carried
         if decision.properties.get("access_log") is False:
             self.quiet = True
         if not decision.allow:
@@ -350,8 +352,9 @@ class Pipeline(Protocol):
         return pipeline
 
     def _intercepted(self, protocol: Any) -> None:
-        if not self._intercepting:  # the client left meanwhile
-            protocol.wrappedProtocol.connectionLost(None)
+        if not self._intercepting:
+            # The client left meanwhile: connectionLost closed the upstream
+            # and wrote the record.
             return
         self._intercepting = False
         self.transport.resumeProducing()

@@ -31,8 +31,8 @@ class AuthorityResource(resource.Resource):
         body = request.content.read(MAX_OCSP_BODY + 1) if method == "POST" else b""
         answer: Answer = self._authority.http_answer(method, request.path.decode("ascii", "replace"), body)
         request.setResponseCode(answer.status)
-        request.setHeader(b"content-type", answer.content_type.encode("ascii"))
-        request.setHeader(b"cache-control", b"no-cache" if answer.content_type.startswith("text/") else b"max-age=3600")
+        for name, value in answer.headers():
+            request.setHeader(name, value)
         return answer.body
 
 

@@ -12,8 +12,6 @@ import signal
 import sys
 from typing import IO, TYPE_CHECKING, Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
@@ -29,6 +27,7 @@ from txgate.net.pkiservice import authority_site
 from txgate.net.streams import StreamProxyFactory
 from txgate.net.upstream import Connector, UpstreamPool
 from txgate.pki.authority import Authority, ca_directory
+from txgate.pki.keyring import fingerprint, private_directory
 from txgate.policy.live import LivePolicy
 from txgate.plugins import Registry
 
@@ -157,14 +156,12 @@ class ForwardService(MultiService):
         if authority is None:
             return
         self._renew_crl()
-        crl = authority.crl()
         self._log.info(
-            "issuer {subject} (sha256 {fingerprint}); CRL and OCSP at http://{host}/ (CRL number {number}, next update {next})",
+            "issuer {subject} (SHA-256 {fingerprint}); CRL and OCSP at http://{host}/ (CRL number {number})",
             subject=authority.keyring.issuer_cert.subject.rfc4514_string(),
-            fingerprint=authority.keyring.issuer_cert.fingerprint(hashes.SHA256()).hex(":"),
+            fingerprint=fingerprint(authority.keyring.issuer_cert),
             host=self.config.ssl.crl_host,
-            number=crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number,
-            next=crl.next_update_utc.isoformat() if crl.next_update_utc else "-",
+            number=authority.crl_number(),
         )
         listen = self.config.ssl.crl_listen
         if listen:
@@ -194,8 +191,7 @@ class ForwardService(MultiService):
         if hasattr(signal, "SIGHUP"):
             self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
         state_dir = self.config.txgate.state_dir
-        os.makedirs(state_dir, mode=0o700, exist_ok=True)
-        os.chmod(state_dir, 0o700)  # keys will live here: never readable by others
+        private_directory(state_dir)
         self._open_access_log()
         # Connections still open at shutdown end after stopService, and their
         # records must still reach the file: close it after the reactor stops.

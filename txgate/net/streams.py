@@ -134,7 +134,7 @@ class _StreamProxy(Delegating):
 
     def connectionMade(self) -> None:
         factory = self.factory
-        self.session = open_session(factory, ClientProtocol.TCP)
+        self.session = open_session(factory, ClientProtocol.TCP, self.transport)
         self._identify_client()
         self._identified = False
         self._closing = False

@@ -18,11 +18,13 @@ from txgate.session import Address, Session, new_session_id
 __all__ = ["Transaction", "open_session", "identify_client"]
 
 
-def open_session(factory: Any, client_protocol: str) -> Session:
+def open_session(factory: Any, client_protocol: str, transport: Any) -> Session:
     """
     A new session for a connection accepted by C{factory}'s service,
-    registered in C{factory.sessions} until the connection ends.
+    registered in C{factory.sessions} until the connection ends; its socket
+    sends small writes at once (L{no_delay}).
     """
+    no_delay(transport)
     now = factory.reactor.seconds()
     session = Session(
         id=new_session_id(),
@@ -44,7 +46,6 @@ def identify_client(transport: Any, session: Session, clients: Any) -> bool:
 
     @return: whether the service's C{clients} list allows it.
     """
-    no_delay(transport)
     peer = transport.getPeer()
     session.client = Address(getattr(peer, "host", str(peer)), getattr(peer, "port", 0))
     return client_allowed(session.client.host, clients)

@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from txgate.config import Config, SSLConfig
 from txgate.errors import ConfigErrors
 from txgate.pki import keyring as keyrings
-from txgate.pki.crl import CRL_CONTENT_TYPE, RevocationList, build_crl, crl_number_for, load_revocations
+from txgate.pki.crl import CRL_CONTENT_TYPE, REVOKED_FILE, RevocationList, build_crl, crl_number_for, load_revocations
 from txgate.pki.mint import KEY_TYPE_ECDSA, LeafTemplate, mint_leaf
 from txgate.pki.ocsp import OCSP_RESPONSE_CONTENT_TYPE, answer_ocsp, malformed_response, ocsp_request_from_get_path
 from txgate.pki.serials import SerialIssuer
@@ -38,7 +38,6 @@ __all__ = ["Answer", "Authority", "CRL_PATH", "OCSP_PATH", "ISSUER_PATH", "ca_di
 CRL_PATH = "/txgate.crl"
 OCSP_PATH = "/ocsp"
 ISSUER_PATH = "/issuer.crt"
-REVOKED_FILE = "revoked.jsonl"
 MAX_OCSP_BODY = 64 * 1024
 """The largest OCSP POST body read; real requests are a few hundred bytes."""
 
@@ -78,6 +77,15 @@ class Answer:
     status: int
     content_type: str
     body: bytes
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """Its response headers: type, length, and caching (an hour for DER, none for errors)."""
+        cache = b"no-cache" if self.content_type.startswith("text/") else b"max-age=3600"
+        return [
+            (b"content-type", self.content_type.encode("ascii")),
+            (b"content-length", str(len(self.body)).encode("ascii")),
+            (b"cache-control", cache),
+        ]
 
 
 def _text(status: int, message: str) -> Answer:
@@ -183,6 +191,12 @@ class Authority:
 
     def crl(self) -> x509.CertificateRevocationList:
         return x509.load_der_x509_crl(self.crl_der())
+
+    def crl_number(self) -> int:
+        """The number of the current CRL."""
+        self.crl_der()
+        assert self._crl is not None
+        return self._crl[0][1]
 
     def crl_der(self) -> bytes:
         """The current CRL (DER), rebuilt when the day or the revocations changed."""

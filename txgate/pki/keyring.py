@@ -40,7 +40,10 @@ __all__ = [
     "Keyring",
     "UNTRUSTED_COMMON_NAME",
     "generate_keyring",
+    "fingerprint",
+    "has_keyring",
     "load_ca_pair",
+    "private_directory",
     "load_keyring",
     "load_or_create",
     "save_keyring",
@@ -200,12 +203,28 @@ def _key_pem(key: IssuerKey) -> bytes:
     )
 
 
+def private_directory(path: str) -> None:
+    """Make C{path} (and its parents) a directory only its owner can read: keys live there."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
+def has_keyring(directory: str) -> bool:
+    """Whether any keyring file exists in C{directory} (a partial keyring counts)."""
+    return any(os.path.lexists(os.path.join(directory, name)) for name in ALL_FILES)
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """The SHA-256 fingerprint as C{openssl x509 -fingerprint -sha256} prints it."""
+    return cert.fingerprint(hashes.SHA256()).hex(":").upper()
+
+
 def save_keyring(keyring: Keyring, directory: str) -> None:
     """
-    Write C{keyring} into C{directory} (created with mode 0700 when absent):
+    Write C{keyring} into C{directory} (made private, L{private_directory}):
     certificates 0644, keys 0600 from creation.
     """
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+    private_directory(directory)
     pem = serialization.Encoding.PEM
     files: list[tuple[str, bytes, int]] = [
         (ISSUER_CERT, keyring.issuer_cert.public_bytes(pem), 0o644),
@@ -357,7 +376,7 @@ def load_or_create(directory: str, now: datetime.datetime) -> Keyring:
 
     @raise ConfigErrors: as L{load_keyring}.
     """
-    if not any(os.path.lexists(os.path.join(directory, name)) for name in ALL_FILES):
+    if not has_keyring(directory):
         save_keyring(generate_keyring(now), directory)
     return load_keyring(directory)
 

@@ -14,7 +14,7 @@ import collections
 import datetime
 import ipaddress
 import secrets
-from typing import Callable, Hashable, Union
+from typing import Callable, Generic, Hashable, TypeVar, Union
 
 import attrs
 from cryptography import x509
@@ -37,6 +37,7 @@ __all__ = [
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 LeafKey = Union[ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey]
+Minted = TypeVar("Minted")
 
 # CA/Browser Forum baseline requirements (and Apple, Chrome): at most 398
 # days; one day of margin.
@@ -265,13 +266,14 @@ def mint_leaf(
     return builder.sign(issuer_key, hashes.SHA256())
 
 
-class LeafCache:
+class LeafCache(Generic[Minted]):
     """
-    A bounded least-recently-used cache of minted leaves, keyed by template,
-    leaf key type and issuer (trusted or untrusted), so a host's certificate
-    is minted once per template change and key type.
+    A bounded least-recently-used cache of what is minted per leaf (the
+    certificate, or the server context holding it), keyed by template, leaf
+    key type and issuer (trusted or untrusted), so a host's certificate is
+    minted once per template change and key type.
 
-    @ivar capacity: how many leaves it keeps.
+    @ivar capacity: how many entries it keeps.
     @ivar hits: lookups answered from the cache.
     @ivar misses: lookups that were not.
     """
@@ -282,7 +284,7 @@ class LeafCache:
         self.capacity = capacity
         self.hits = 0
         self.misses = 0
-        self._entries: collections.OrderedDict[Hashable, x509.Certificate] = collections.OrderedDict()
+        self._entries: collections.OrderedDict[Hashable, Minted] = collections.OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -291,26 +293,26 @@ class LeafCache:
     def _key(template: LeafTemplate, key_type: str, untrusted: bool) -> Hashable:
         return (template, key_type, untrusted)
 
-    def get(self, template: LeafTemplate, key_type: str, *, untrusted: bool = False) -> x509.Certificate | None:
+    def get(self, template: LeafTemplate, key_type: str, *, untrusted: bool = False) -> Minted | None:
         """
-        The cached leaf, marked most recently used, or C{None} (counted as a
+        The cached entry, marked most recently used, or C{None} (counted as a
         miss).
         """
         key = self._key(template, key_type, untrusted)
-        cert = self._entries.get(key)
-        if cert is None:
+        entry = self._entries.get(key)
+        if entry is None:
             self.misses += 1
             return None
         self.hits += 1
         self._entries.move_to_end(key)
-        return cert
+        return entry
 
-    def put(self, template: LeafTemplate, key_type: str, cert: x509.Certificate, *, untrusted: bool = False) -> None:
+    def put(self, template: LeafTemplate, key_type: str, entry: Minted, *, untrusted: bool = False) -> None:
         """
-        Remember C{cert}, evicting the least recently used leaf when full.
+        Remember C{entry}, evicting the least recently used one when full.
         """
         key = self._key(template, key_type, untrusted)
-        self._entries[key] = cert
+        self._entries[key] = entry
         self._entries.move_to_end(key)
         while len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
@@ -319,15 +321,15 @@ class LeafCache:
         self,
         template: LeafTemplate,
         key_type: str,
-        mint: Callable[[], x509.Certificate],
+        mint: Callable[[], Minted],
         *,
         untrusted: bool = False,
-    ) -> x509.Certificate:
+    ) -> Minted:
         """
-        The cached leaf, or C{mint()}'s, cached.
+        The cached entry, or C{mint()}'s, cached.
         """
-        cert = self.get(template, key_type, untrusted=untrusted)
-        if cert is None:
-            cert = mint()
-            self.put(template, key_type, cert, untrusted=untrusted)
-        return cert
+        entry = self.get(template, key_type, untrusted=untrusted)
+        if entry is None:
+            entry = mint()
+            self.put(template, key_type, entry, untrusted=untrusted)
+        return entry
