@@ -34,15 +34,34 @@ class ForwardOptions(usage.Options):
     ]
 
 
+class ReverseOptions(usage.Options):
+    """C{twistd txgate reverse}: publishes web services (Lync external web services)."""
+
+    synopsis = "--config PATH"
+    longdesc = (
+        "Run the reverse proxy: each [[virtual_service]] of the configuration listens,"
+        " lets through its allowed hosts and paths, and sends requests to its real servers."
+        " See etc/reverse.toml and docs/reverse.md."
+    )
+    optParameters = [
+        ["config", "c", None, "The reverse configuration file (TOML), e.g. etc/reverse.toml."],
+    ]
+
+    def postOptions(self) -> None:
+        if not self["config"]:
+            raise usage.UsageError("reverse mode needs --config (start from etc/reverse.toml)")
+
+
 class Options(usage.Options):
-    synopsis = "forward [options]"
+    synopsis = "forward|reverse [options]"
     subCommands = [
         ["forward", None, ForwardOptions, "Run the forward (egress) proxy."],
+        ["reverse", None, ReverseOptions, "Run the reverse proxy (publishing web services)."],
     ]
 
     def postOptions(self) -> None:
         if self.subCommand is None:
-            raise usage.UsageError("name a mode: forward")
+            raise usage.UsageError("name a mode: forward or reverse")
 
 
 @attrs.frozen
@@ -130,6 +149,8 @@ def makeService(options: Options) -> Any:
     from txgate.net.service import ForwardService
 
     sub = options.subOptions
+    if options.subCommand == "reverse":
+        return _reverse_service(sub["config"], reactor)
     try:
         config = load_config(sub["config"]) if sub["config"] else load_default_config()
         prepared = prepare(config)
@@ -145,3 +166,15 @@ def makeService(options: Options) -> Any:
             error=failure.error,
         )
     return ForwardService(prepared, reactor)
+
+
+def _reverse_service(path: str, reactor: Any) -> Any:
+    from txgate.config import load_reverse_config
+    from txgate.net.reverseservice import ReverseService, prepare_reverse
+
+    try:
+        prepared = prepare_reverse(load_reverse_config(path))
+    except ConfigErrors as e:
+        sys.stderr.write(f"txgate: refusing to start:\n{e}\n")
+        raise SystemExit(1) from None
+    return ReverseService(prepared, reactor)

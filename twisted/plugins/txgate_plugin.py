@@ -1,5 +1,5 @@
 """
-The twistd entry point: C{twistd txgate forward}.
+The twistd entry point: C{twistd txgate forward} and C{twistd txgate reverse}.
 """
 
 from twisted.application.service import ServiceMaker

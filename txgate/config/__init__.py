@@ -8,10 +8,32 @@ listens, connects or installs a reactor.
 
 from txgate.config._files import read_text
 from txgate.config._load import load_config, load_default_config, parse_config
-from txgate.config._model import SERVICE_KINDS, Config, RealmConfig, ServiceConfig, SSLConfig, TxgateConfig
+from txgate.config._model import (
+    SERVICE_KINDS,
+    Config,
+    HealthCheckConfig,
+    LogsConfig,
+    PersistenceConfig,
+    RealmConfig,
+    RealServerConfig,
+    ReverseConfig,
+    ServiceConfig,
+    SSLConfig,
+    TxgateConfig,
+    VirtualServiceConfig,
+)
+from txgate.config._reverse import load_reverse_config, parse_reverse_config
 
 __all__ = [
     "Config",
+    "HealthCheckConfig",
+    "LogsConfig",
+    "PersistenceConfig",
+    "RealServerConfig",
+    "ReverseConfig",
+    "VirtualServiceConfig",
+    "load_reverse_config",
+    "parse_reverse_config",
     "RealmConfig",
     "ServiceConfig",
     "SSLConfig",

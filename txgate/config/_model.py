@@ -123,3 +123,110 @@ class Config:
     services: tuple[ServiceConfig, ...]
     realms: Mapping[str, RealmConfig] = attrs.field(factory=dict)
     ssl: SSLConfig = SSLConfig()
+
+
+# -- reverse mode ----------------------------------------------------------------
+
+SCHEDULERS = ("least-connection", "round-robin", "weighted")
+PERSISTENCE_MODES = ("active-cookie", "source-ip", "none")
+
+
+@attrs.frozen
+class RealServerConfig:
+    """
+    One C{[[virtual_service.real_server]]}.
+
+    @ivar server_name: the name sent as SNI and verified in the server's
+        certificate; C{""} means the host of C{address}.
+    """
+
+    host: str
+    port: int
+    tls: bool = True
+    ca_bundle: str = "system"
+    server_name: str = ""
+    weight: int = 1
+
+    @property
+    def key(self) -> str:
+        """The server's identity in cookies, hashing and logs: C{host:port}."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def verified_name(self) -> str:
+        return self.server_name or self.host
+
+
+@attrs.frozen
+class HealthCheckConfig:
+    """C{[virtual_service.health_check]}; C{port = None} checks the real server's own port."""
+
+    enabled: bool = True
+    port: int | None = None
+    path: str = "/healthcheck.html"
+    interval: float = 5.0
+    timeout: float = 2.0
+    rise: int = 2
+    fall: int = 3
+    expect: int = 200
+
+
+@attrs.frozen
+class PersistenceConfig:
+    """C{persistence = { mode = ..., cookie = ..., timeout = ... }}."""
+
+    mode: str = "active-cookie"
+    cookie: str = "MS-WSMAN"
+    timeout: float = 1200.0
+
+
+@attrs.frozen
+class VirtualServiceConfig:
+    """
+    One C{[[virtual_service]]}: a listener, what it lets through and the
+    real servers behind it.
+
+    @ivar certificates: PEM files (key and full chain each); empty for a
+        plain-HTTP service.
+    """
+
+    name: str
+    listen: str
+    allowed_hosts: tuple[str, ...]
+    real_servers: tuple[RealServerConfig, ...]
+    certificates: tuple[str, ...] = ()
+    allowed_paths: tuple[str, ...] = ("/*",)
+    scheduling: str = "least-connection"
+    persistence: PersistenceConfig = PersistenceConfig()
+    idle_timeout: float = 1800.0
+    header_timeout: float = 30.0
+    body_timeout: float = 60.0
+    max_header_size: int = 65536
+    connect_timeout: float = 10.0
+    pool_size: int = 16
+    send_proxy: bool = False
+    health_check: HealthCheckConfig = HealthCheckConfig()
+
+    @property
+    def kind(self) -> str:
+        return "reverse-https" if self.certificates else "reverse-http"
+
+
+@attrs.frozen
+class LogsConfig:
+    """C{[logs]}: the ESP log files; C{""} turns one off."""
+
+    connection_log: str = "var/log/esp-connection.log"
+    security_log: str = "var/log/esp-security.log"
+    user_log: str = "var/log/esp-user.log"
+
+
+@attrs.frozen
+class ReverseConfig:
+    """A whole validated reverse-mode configuration."""
+
+    path: str
+    txgate: TxgateConfig
+    virtual_services: tuple[VirtualServiceConfig, ...]
+    logs: LogsConfig = LogsConfig()

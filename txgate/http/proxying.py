@@ -20,6 +20,7 @@ __all__ = [
     "parse_target",
     "request_headers_upstream",
     "response_headers_downstream",
+    "strip_hop_by_hop",
     "error_page",
     "VIA",
 ]
@@ -183,7 +184,11 @@ def _connection_tokens(headers: Headers) -> set[bytes]:
     return tokens
 
 
-def _strip_hop_by_hop(headers: Headers) -> Headers:
+def strip_hop_by_hop(headers: Headers) -> Headers:
+    """
+    The headers without hop-by-hop fields: the fixed set in L{HOP_BY_HOP} and
+    any field a C{Connection} header names.
+    """
     drop = HOP_BY_HOP | _connection_tokens(headers)
     return [(n, v) for n, v in headers if n not in drop]
 
@@ -203,7 +208,7 @@ def request_headers_upstream(headers: Headers, target: Target, chunked: bool) ->
     @param chunked: whether the client framed the body with chunked coding;
         the framing header is re-added so h11 frames the body upstream.
     """
-    out = [(n, v) for n, v in _strip_hop_by_hop(headers) if n != b"host"]
+    out = [(n, v) for n, v in strip_hop_by_hop(headers) if n != b"host"]
     out.insert(0, (b"host", target.authority.encode("ascii")))
     if chunked:
         out.append((b"transfer-encoding", b"chunked"))
@@ -216,7 +221,7 @@ def response_headers_downstream(headers: Headers) -> Headers:
     Content-Length, h11 picks the framing the client understands (chunked for
     HTTP/1.1, close-delimited for HTTP/1.0).
     """
-    return _with_via(_strip_hop_by_hop(headers))
+    return _with_via(strip_hop_by_hop(headers))
 
 
 def error_page(status: int, message: str) -> tuple[Headers, bytes]:

@@ -63,7 +63,7 @@ def load_policy(config: Config, registry: Registry, environment: PolicyEnvironme
     )
 
 
-def _describe(address: Any) -> str:
+def describe_address(address: Any) -> str:
     host = getattr(address, "host", None)
     port = getattr(address, "port", None)
     if host is None:
@@ -214,7 +214,7 @@ class ForwardService(MultiService):
             "listening: service={service} kind={kind} address={address}",
             service=service.name,
             kind=service.kind,
-            address=_describe(port.getHost()),
+            address=describe_address(port.getHost()),
         )
 
     def _listen_failed(self, failure: Failure, service: ServiceConfig) -> None:

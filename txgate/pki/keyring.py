@@ -44,6 +44,7 @@ __all__ = [
     "has_keyring",
     "load_ca_pair",
     "private_directory",
+    "read_file",
     "load_keyring",
     "load_or_create",
     "save_keyring",
@@ -238,7 +239,7 @@ def save_keyring(keyring: Keyring, directory: str) -> None:
         _write_atomically(os.path.join(directory, name), data, mode)
 
 
-def _read(path: str, errors: list[ConfigError], *, secret: bool) -> bytes | None:
+def read_file(path: str, errors: list[ConfigError], *, secret: bool) -> bytes | None:
     """
     The bytes of C{path}, or C{None} with the reason appended to C{errors}.
     A secret file readable by group or others is refused before it is read.
@@ -271,7 +272,7 @@ def _read(path: str, errors: list[ConfigError], *, secret: bool) -> bytes | None
 
 def _load_cert(directory: str, name: str, errors: list[ConfigError]) -> x509.Certificate | None:
     path = os.path.join(directory, name)
-    data = _read(path, errors, secret=False)
+    data = read_file(path, errors, secret=False)
     if data is None:
         return None
     try:
@@ -283,7 +284,7 @@ def _load_cert(directory: str, name: str, errors: list[ConfigError]) -> x509.Cer
 
 def _load_key(directory: str, name: str, errors: list[ConfigError], kinds: tuple[type, ...], what: str):
     path = os.path.join(directory, name)
-    data = _read(path, errors, secret=True)
+    data = read_file(path, errors, secret=True)
     if data is None:
         return None
     try:

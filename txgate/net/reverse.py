@@ -1,0 +1,897 @@
+# -*- test-case-name: tests.net.test_reverse -*-
+"""
+A reverse virtual service: client connections (TLS or plain HTTP/1.1),
+requests checked against the allowed hosts and paths, sent to a real server
+chosen by persistence and scheduling, bodies streamed both ways, WebSocket
+upgrades tunnelled, NTLM/Negotiate handshakes kept on one backend
+connection.
+
+The decisions are the pure cores in L{txgate.reverse}; this module moves
+bytes between h11 on both sides and keeps the books (ESP logs, counters).
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any, Callable, TextIO
+
+import h11
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from txgate.config import VirtualServiceConfig
+from txgate.net.idle import IdleWatch
+from txgate.net.realservers import Backend
+from txgate.net.upstream import Upstream, describe_connect_failure, no_delay
+from txgate.reverse import esplog
+from txgate.reverse.allowed import AmbiguousPath, HostRules, PathRules, normalize_target
+from txgate.reverse.balancing import scheduler_for
+from txgate.reverse.framing import BadHead, check_head, head_end, head_start
+from txgate.reverse.headers import (
+    connection_auth,
+    cookie_value,
+    downstream_response_headers,
+    location_rewriter,
+    set_cookie_value,
+    upstream_request_headers,
+    user_of,
+    wants_upgrade,
+)
+from txgate.reverse.persistence import CookiePersistence, CookieSigner, NoPersistence, SourceIPPersistence
+from txgate.reverse.proxyv2 import proxy_v2_header
+
+__all__ = ["EspLogs", "VirtualService", "ReverseProxyFactory"]
+
+_PHRASES = {
+    400: b"Bad Request",
+    403: b"Forbidden",
+    408: b"Request Timeout",
+    431: b"Request Header Fields Too Large",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
+}
+
+_RETRYABLE = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+
+
+def _as_bytes(pieces: list[Any] | None) -> list[bytes]:
+    """h11 hands out slices of its buffer (bytearray); transports take bytes."""
+    if not pieces:
+        return []
+    return [p if type(p) is bytes else bytes(p) for p in pieces]
+
+
+def _minimal_page(status: int) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """
+    The body of an error txgate answers itself: the status alone, so a
+    refusal tells an internet client nothing about what is behind.
+    """
+    body = b"%d %s\n" % (status, _PHRASES.get(status, b"Error"))
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", b"%d" % len(body)),
+        (b"cache-control", b"no-store"),
+        (b"connection", b"close"),
+    ]
+    return headers, body
+
+
+def _header(headers: Any, name: bytes) -> bytes | None:
+    for key, value in headers:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+class EspLogs:
+    """
+    The ESP log files: connections, security refusals, user access. Each
+    line is flushed as written, so an operator's C{tail -f} sees it at once.
+    """
+
+    _log = Logger()
+
+    def __init__(self, connection: str, security: str, user: str) -> None:
+        self._files: dict[str, TextIO | None] = {
+            "connection": self._open(connection),
+            "security": self._open(security),
+            "user": self._open(user),
+        }
+
+    @staticmethod
+    def _open(path: str) -> TextIO | None:
+        if not path:
+            return None
+        import os
+
+        directory = os.path.dirname(path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        return open(path, "a", encoding="utf-8", buffering=1)
+
+    def write(self, log: str, line: str) -> None:
+        f = self._files[log]
+        if f is not None:
+            f.write(line + "\n")
+
+    def close(self) -> None:
+        for f in self._files.values():
+            if f is not None:
+                f.close()
+
+
+class VirtualService:
+    """
+    The shared state of one C{[[virtual_service]]}: its rules, its real
+    servers and how one is chosen.
+    """
+
+    def __init__(self, config: VirtualServiceConfig, reactor: Any, signer: CookieSigner | None, logs: EspLogs) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.logs = logs
+        self.hosts = HostRules.of(config.allowed_hosts)
+        self.paths = PathRules.of(config.allowed_paths)
+        self.backends = [Backend(reactor, rs, config.connect_timeout, config.pool_size) for rs in config.real_servers]
+        self.by_key = {b.state.key: b for b in self.backends}
+        self.servers = [b.state for b in self.backends]
+        self.scheduler = scheduler_for(config.scheduling)
+        persistence = config.persistence
+        self.cookie: str | None = None
+        if persistence.mode == "active-cookie":
+            assert signer is not None
+            self.cookie = persistence.cookie
+            self.persistence: Any = CookiePersistence(signer, persistence.cookie)
+        elif persistence.mode == "source-ip":
+            self.persistence = SourceIPPersistence(persistence.timeout)
+        else:
+            self.persistence = NoPersistence()
+        internal = set()
+        for rs in config.real_servers:
+            internal.add((rs.host.lower(), rs.port))
+            internal.add((rs.verified_name.lower(), rs.port))
+        self.internal = frozenset(internal)
+        self.proto = "https" if config.certificates else "http"
+        self.connections = 0
+        self.requests = 0
+
+    def now(self) -> datetime.datetime:
+        return datetime.datetime.fromtimestamp(self.reactor.seconds(), datetime.timezone.utc)
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the admin console shows of this virtual service."""
+        return {
+            "name": self.config.name,
+            "listen": self.config.listen,
+            "connections": self.connections,
+            "requests": self.requests,
+            "real_servers": [s.snapshot() for s in self.servers],
+        }
+
+
+class ReverseProxyFactory(Factory):
+    noisy = False
+
+    def __init__(self, service: VirtualService) -> None:
+        self.service = service
+
+    def buildProtocol(self, addr: Any) -> "ReverseProxy":
+        protocol = ReverseProxy()
+        protocol.factory = self
+        protocol.service = self.service
+        return protocol
+
+
+class ReverseProxy(Protocol):
+    """One client connection to a virtual service."""
+
+    _log = Logger()
+    service: VirtualService
+    client = "-"
+    client_ip = ""
+    local = "-"
+
+    def connectionMade(self) -> None:
+        no_delay(self.transport)
+        service = self.service
+        service.connections += 1
+        clock = service.reactor
+        self._opened = clock.seconds()
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._identified = False
+        self._closing = False
+        self._reading = True
+        self._buffer = bytearray()
+        self._scanned = 0
+        self._conn: h11.Connection | None = None
+        self._exchange: _Exchange | None = None
+        self._tunnel: Upstream | None = None
+        self.own: tuple[Backend, Upstream] | None = None
+        """A backend connection only this client uses (NTLM/Negotiate, PROXY header)."""
+        self.pin_auth = False
+        self._idle = IdleWatch(clock, service.config.idle_timeout, self._idle_out)
+        self._head_timer: Any = clock.callLater(service.config.header_timeout, self._head_timeout)
+
+    def _identify(self) -> None:
+        """
+        Read the addresses once bytes arrive: behind a C{haproxy:} listener
+        they are the real client's only once the PROXY header has been read.
+        """
+        self._identified = True
+        peer, host = self.transport.getPeer(), self.transport.getHost()
+        self.client_ip = getattr(peer, "host", "")
+        self.peer = (self.client_ip, getattr(peer, "port", 0))
+        self.host = (getattr(host, "host", ""), getattr(host, "port", 0))
+        self.client = esplog.endpoint(*self.peer)
+        self.local = esplog.endpoint(*self.host)
+        service = self.service
+        service.logs.write("connection", esplog.opened_line(service.now(), self.local, self.client))
+
+    # -- client bytes ---------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._identified:
+            self._identify()
+        self.bytes_in += len(data)
+        self._idle.touch()
+        if self._closing:
+            return
+        if self._tunnel is not None:
+            self._tunnel.transport.write(data)
+            return
+        if self._conn is None:
+            self._head_in(data)
+            return
+        if not self._reading:
+            self.transport.pauseProducing()
+        self._conn.receive_data(data)
+        self._process()
+
+    def _head_in(self, data: bytes) -> None:
+        """
+        Hold bytes until a whole request head is here, and check it
+        strictly before h11 (which is lenient) reads it.
+        """
+        buffer = self._buffer
+        buffer += data
+        if self._head_timer is None:
+            self._head_timer = self.service.reactor.callLater(self.service.config.header_timeout, self._head_timeout)
+        try:
+            end = head_end(buffer, self.service.config.max_header_size, self._scanned)
+            if end is None:
+                self._scanned = len(buffer)
+                return
+            check_head(memoryview(buffer)[:end].tobytes())
+        except BadHead as e:
+            self._refuse(e.status, e.reason)
+            return
+        self._stop_head_timer()
+        self._scanned = 0
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.service.config.max_header_size)
+        conn.receive_data(bytes(buffer[head_start(buffer):]))  # h11 refuses leading empty lines
+        buffer.clear()
+        self._conn = conn
+        self._process()
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            if self._head_timer.active():
+                self._head_timer.cancel()
+            self._head_timer = None
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._closing = True
+        self._idle.stop()
+        self._stop_head_timer()
+        service = self.service
+        service.connections -= 1
+        if self._exchange is not None:
+            self._exchange.client_lost(reason)
+        if self.own is not None:
+            self.own[1].transport.loseConnection()
+            self.own = None
+        if self._identified:
+            seconds = service.reactor.seconds() - self._opened
+            service.logs.write(
+                "connection",
+                esplog.closed_line(service.now(), self.local, self.client, seconds, self.bytes_in, self.bytes_out),
+            )
+
+    def _process(self) -> None:
+        conn = self._conn
+        while conn is not None and self._reading and not self._closing:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as e:
+                self._bad_framing(e)
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            if isinstance(event, h11.Request):
+                self._request(event)
+            elif isinstance(event, h11.Data):
+                assert self._exchange is not None
+                self._exchange.client_data(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                assert self._exchange is not None
+                self._exchange.client_end(list(event.headers))
+            elif isinstance(event, h11.ConnectionClosed):
+                if self._exchange is None:
+                    self._closing = True
+                    self.transport.loseConnection()
+                return
+            conn = self._conn
+
+    def pause_reading(self) -> None:
+        self._reading = False
+        self.transport.pauseProducing()
+
+    def resume_reading(self) -> None:
+        self._reading = True
+        self.transport.resumeProducing()
+        self._process()
+
+    # -- answering --------------------------------------------------------------
+
+    def send(self, event: Any) -> None:
+        assert self._conn is not None
+        pieces = _as_bytes(self._conn.send_with_data_passthrough(event))
+        if pieces:
+            self.bytes_out += sum(len(p) for p in pieces)
+            self.transport.writeSequence(pieces)
+
+    def answer(self, status: int) -> None:
+        """Answer with a minimal page and close (the request is not read on)."""
+        headers, body = _minimal_page(status)
+        conn = self._conn
+        if conn is not None and conn.our_state is h11.SEND_RESPONSE:
+            self.send(h11.Response(status_code=status, headers=headers, reason=_PHRASES.get(status, b"")))
+            self.send(h11.Data(data=body))
+            self.send(h11.EndOfMessage())
+        elif conn is None or conn.our_state in (h11.IDLE,):
+            head = b"HTTP/1.1 %d %s\r\n" % (status, _PHRASES.get(status, b"Error"))
+            raw = head + b"".join(n + b": " + v + b"\r\n" for n, v in headers) + b"\r\n" + body
+            self.bytes_out += len(raw)
+            self.transport.write(raw)
+        self._closing = True
+        self.transport.loseConnection()
+
+    def _refuse(self, status: int, reason: str) -> None:
+        """A request refused as malformed or dangerous: 4xx, security log."""
+        service = self.service
+        service.logs.write("security", esplog.refused_line(service.now(), self.local, self.client, reason))
+        self._log.info(
+            "{service}: refused a request from {client}: {reason}",
+            service=service.config.name,
+            client=self.client,
+            reason=reason,
+        )
+        if self._exchange is not None:
+            self._exchange.abort_upstream()
+            self._exchange = None
+        self.answer(status)
+
+    def _deny(self, what: str, value: str, reason: str) -> None:
+        service = self.service
+        service.logs.write("security", esplog.denied_line(service.now(), self.local, self.client, what, value, reason))
+        self.answer(403)
+
+    def _bad_framing(self, e: h11.RemoteProtocolError) -> None:
+        self._refuse(e.error_status_hint if e.error_status_hint in _PHRASES else 400, f"malformed request: {e}")
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if self._closing or self._exchange is not None:
+            return
+        if not self._buffer and self._conn is None and self._identified:
+            # A kept-alive connection with no request yet: idle_timeout rules.
+            return
+        if not self._identified:
+            self._identify()
+        self._refuse(408, f"request head not complete within {self.service.config.header_timeout:g} s")
+
+    def _idle_out(self, idle: float) -> None:
+        if self._closing:
+            return
+        self._log.info(
+            "{service}: closing the connection from {client}: idle for {idle:.0f} s",
+            service=self.service.config.name,
+            client=self.client,
+            idle=idle,
+        )
+        if self._exchange is not None:
+            self._exchange.abort_upstream()
+        self._closing = True
+        self.transport.abortConnection()
+
+    # -- requests -------------------------------------------------------------
+
+    def _request(self, request: h11.Request) -> None:
+        service = self.service
+        service.requests += 1
+        host = _header(request.headers, b"host")
+        if service.hosts.match(host) is None:
+            shown = host.decode("latin-1") if host is not None else "(none)"
+            self._deny("host", shown, "not in allowed_hosts")
+            return
+        try:
+            path, target = normalize_target(request.target)
+        except AmbiguousPath as e:
+            self._refuse(400, f"ambiguous path {request.target.decode('latin-1')!r}: {e}")
+            return
+        if not service.paths.allows(path):
+            self._deny("path", path, "not in allowed_paths")
+            return
+        backend, set_cookie = self._choose(request)
+        if backend is None:
+            self._log.warn("{service}: no real server is up", service=service.config.name)
+            self.answer(503)
+            return
+        exchange = _Exchange(self, request, target, backend, set_cookie)
+        self._exchange = exchange
+        exchange.begin()
+
+    def _choose(self, request: h11.Request) -> tuple[Backend | None, bytes | None]:
+        """The real server for C{request} and the cookie to set, if any."""
+        service = self.service
+        own = self.own
+        if own is not None and self.pin_auth:
+            backend, upstream = own
+            if backend.state.up and upstream.lost is None and not upstream.eof:
+                return backend, None
+        cookie = cookie_value(request.headers, service.cookie) if service.cookie else None
+        choice = service.persistence.choose(
+            cookie, self.client_ip, service.servers, service.scheduler, service.reactor.seconds()
+        )
+        if choice.server is None:
+            return None, None
+        set_cookie = set_cookie_value(service.cookie, choice.set_cookie) if choice.set_cookie and service.cookie else None
+        return service.by_key[choice.server.key], set_cookie
+
+    def connection_for(self, backend: Backend) -> Deferred[tuple[Upstream, bool]]:
+        """
+        The backend connection for a request to C{backend}: this client's
+        own one when it has one for that server, a new own one when the
+        service sends PROXY headers, else the pool's.
+        """
+        own = self.own
+        if own is not None:
+            self.own = None
+            own_backend, upstream = own
+            if own_backend is backend and upstream.lost is None and not upstream.eof:
+                return succeed((upstream, True))
+            upstream.transport.loseConnection()
+            self.pin_auth = False
+        if self.service.config.send_proxy:
+            return backend.connect_own(proxy_v2_header(self.peer, self.host))
+        return backend.get()
+
+    def keep_own(self, backend: Backend, upstream: Upstream) -> None:
+        """Keep C{upstream} for this client's next request."""
+        self.own = (backend, upstream)
+        upstream.attach(_OwnWatch(self, upstream))
+
+    def exchange_done(self, keep_alive: bool) -> None:
+        self._exchange = None
+        conn = self._conn
+        if self._closing or conn is None:
+            return
+        if keep_alive and conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            rest = conn.trailing_data[0]
+            self._conn = None
+            self._reading = True
+            self.transport.resumeProducing()
+            if rest:
+                self._head_in(bytes(rest))
+        else:
+            self._closing = True
+            self.transport.loseConnection()
+
+    def switch_to_tunnel(self, upstream: Upstream) -> None:
+        """After a 101 answer: bytes go across untouched from now on."""
+        assert self._conn is not None
+        rest = self._conn.trailing_data[0]
+        self._exchange = None
+        self._conn = None
+        self._tunnel = upstream
+        if rest:
+            upstream.transport.write(bytes(rest))
+        self._reading = True
+        self.transport.resumeProducing()
+
+
+class _OwnWatch:
+    """The receiver of a client's own backend connection between requests."""
+
+    def __init__(self, proxy: ReverseProxy, upstream: Upstream) -> None:
+        self._proxy = proxy
+        self._upstream = upstream
+
+    def upstream_data(self, data: bytes) -> None:
+        self.upstream_lost(None)
+
+    def upstream_eof(self) -> None:
+        self.upstream_lost(None)
+
+    def upstream_lost(self, reason: Failure | None) -> None:
+        proxy = self._proxy
+        if proxy.own is not None and proxy.own[1] is self._upstream:
+            proxy.own = None
+            self._upstream.transport.loseConnection()
+
+
+class _Exchange:
+    """
+    One request sent to a real server and its response sent back, bodies
+    streamed with each side the other's producer.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self, proxy: ReverseProxy, request: h11.Request, target: bytes, backend: Backend, set_cookie: bytes | None
+    ) -> None:
+        self._proxy = proxy
+        self._request = request
+        self._target = target
+        self._backend = backend
+        self._set_cookie = set_cookie
+        self._upstream: Upstream | None = None
+        self._reused = False
+        self._retried = False
+        self._started = False
+        self._early: list[bytes] = []
+        self._request_done = False
+        self._response_started = False
+        self._upstream_eof = False
+        self._finished = False
+        self._registered = False
+        self._upgrade = wants_upgrade(request.headers)
+        self._status: int | None = None
+        self._body_watch: IdleWatch | None = None
+        names = [n for n, _ in request.headers]
+        self._chunked = b"transfer-encoding" in names
+        self._has_body = self._chunked or b"content-length" in names
+        self._expects = _header(request.headers, b"expect") is not None
+
+    def begin(self) -> None:
+        """
+        Start now, or, for a chunked body, once its first chunk has parsed:
+        a request with a malformed chunk size is refused before any real
+        server sees its head.
+        """
+        if self._has_body:
+            config = self._proxy.service.config
+            self._body_watch = IdleWatch(self._proxy.service.reactor, config.body_timeout, self._body_timed_out)
+        if not self._chunked or self._expects:
+            self._start()
+
+    def _start(self) -> None:
+        self._started = True
+        proxy = self._proxy
+        proxy.pause_reading()
+        state = self._backend.state
+        state.active += 1
+        state.requests += 1
+        d = proxy.connection_for(self._backend)
+        d.addCallbacks(self._connected, self._connect_failed)
+
+    def _connect_failed(self, failure: Failure) -> None:
+        if self._finished:
+            return
+        config = self._backend.config
+        status, reason = describe_connect_failure(failure, config.host, config.port)
+        self._fail(status, f"real server {self._backend.state.key}: {reason}")
+
+    def _connected(self, result: tuple[Upstream, bool]) -> None:
+        upstream, reused = result
+        if self._finished:
+            upstream.transport.loseConnection()
+            return
+        self._upstream = upstream
+        self._reused = reused
+        if upstream.h11 is None:
+            upstream.h11 = h11.Connection(h11.CLIENT)
+        proxy = self._proxy
+        request = self._request
+        headers = upstream_request_headers(
+            list(request.headers), proxy.client_ip, proxy.service.proto, self._upgrade, chunked=self._chunked
+        )
+        self._write_upstream(h11.Request(method=request.method, target=self._target, headers=headers))
+        for data in self._early:
+            self._write_upstream(h11.Data(data=data))
+        self._early = []
+        client, server = proxy.transport, upstream.transport
+        server.registerProducer(client, True)
+        client.registerProducer(server, True)
+        self._registered = True
+        upstream.attach(self)
+        if self._finished:
+            return
+        if self._request_done:
+            self._write_upstream(h11.EndOfMessage())
+        else:
+            proxy.resume_reading()
+
+    def _write_upstream(self, event: Any) -> None:
+        assert self._upstream is not None
+        pieces = _as_bytes(self._upstream.h11.send_with_data_passthrough(event))
+        if pieces:
+            self._upstream.transport.writeSequence(pieces)
+
+    # -- client side ------------------------------------------------------------
+
+    def client_data(self, data: bytes) -> None:
+        if self._body_watch is not None:
+            self._body_watch.touch()
+        if not self._started:
+            self._early.append(bytes(data))
+            self._start()
+        elif self._upstream is None:
+            self._early.append(bytes(data))
+        else:
+            self._write_upstream(h11.Data(data=data))
+
+    def client_end(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        self._request_done = True
+        if self._body_watch is not None:
+            self._body_watch.stop()
+            self._body_watch = None
+        if not self._started:
+            self._start()
+            return
+        self._proxy.pause_reading()
+        if self._upstream is not None:
+            self._write_upstream(h11.EndOfMessage(headers=trailers))
+
+    def client_lost(self, reason: Failure | None) -> None:
+        if self._finished:
+            return
+        self._done()
+        if self._upstream is not None:
+            self._upstream.transport.loseConnection()
+
+    def abort_upstream(self) -> None:
+        """The client side failed: the real server must not see a complete request."""
+        if self._finished:
+            return
+        self._done()
+        if self._upstream is not None:
+            self._upstream.transport.abortConnection()
+
+    def _body_timed_out(self, idle: float) -> None:
+        self._body_watch = None
+        if self._finished or self._request_done:
+            return
+        self._proxy._refuse(408, f"request body stalled for {idle:.0f} s")
+
+    # -- real server side -------------------------------------------------------
+
+    def upstream_data(self, data: bytes) -> None:
+        proxy = self._proxy
+        proxy._idle.touch()
+        if proxy._tunnel is not None:
+            proxy.bytes_out += len(data)
+            proxy.transport.write(data)
+            return
+        assert self._upstream is not None
+        self._upstream.h11.receive_data(data)
+        self._pump()
+
+    def upstream_eof(self) -> None:
+        if self._proxy._tunnel is not None:
+            self._proxy.transport.loseConnection()
+            return
+        self._read_eof()
+        if not self._finished:
+            self._upstream_closed(None)
+
+    def upstream_lost(self, reason: Failure) -> None:
+        if self._proxy._tunnel is not None:
+            self._proxy.transport.loseConnection()
+            return
+        self._read_eof()
+        if not self._finished:
+            self._upstream_closed(reason)
+
+    def _read_eof(self) -> None:
+        if not self._upstream_eof and self._upstream is not None:
+            self._upstream_eof = True
+            self._upstream.h11.receive_data(b"")
+            self._pump()
+
+    def _upstream_closed(self, reason: Failure | None) -> None:
+        upstream = self._upstream
+        assert upstream is not None
+        self._unregister()
+        upstream.transport.loseConnection()
+        detail = reason.getErrorMessage() if reason is not None else "connection closed"
+        key = self._backend.state.key
+        if (
+            not self._response_started
+            and self._reused
+            and not self._retried
+            and not self._has_body
+            and self._request.method in _RETRYABLE
+            and not self._proxy.pin_auth
+        ):
+            # A kept-alive connection the server closed while idle: once more
+            # on a fresh one, as clients do for idempotent requests.
+            self._retried = True
+            self._upstream = None
+            self._backend.state.active -= 1
+            self._backend.state.requests -= 1
+            self._start()
+            return
+        if not self._response_started:
+            self._fail(502, f"real server {key} closed the connection before responding ({detail})")
+            return
+        self._abort(f"real server {key} closed the connection mid-response ({detail})")
+
+    def _pump(self) -> None:
+        upstream = self._upstream
+        assert upstream is not None
+        proxy = self._proxy
+        while not self._finished:
+            try:
+                event = upstream.h11.next_event()
+            except h11.RemoteProtocolError as e:
+                if self._upstream_eof:
+                    return  # _upstream_closed decides
+                if self._response_started:
+                    self._abort(f"malformed response from real server {self._backend.state.key}: {e}")
+                else:
+                    self._unregister()
+                    upstream.transport.loseConnection()
+                    self._fail(502, f"malformed response from real server {self._backend.state.key}: {e}")
+                return
+            if event is h11.NEED_DATA:
+                return
+            if event is h11.PAUSED:
+                if upstream.h11.their_state is h11.SWITCHED_PROTOCOL:
+                    self._switched(upstream)
+                return
+            if isinstance(event, h11.InformationalResponse):
+                if event.status_code == 101:
+                    if not self._upgrade:
+                        self._unregister()
+                        upstream.transport.loseConnection()
+                        self._fail(502, "real server switched protocols without being asked")
+                        return
+                    self._status = 101
+                    proxy.send(
+                        h11.InformationalResponse(
+                            status_code=101,
+                            headers=downstream_response_headers(list(event.headers), None, None, True),
+                            reason=event.reason,
+                        )
+                    )
+                    continue
+                proxy.send(event)
+            elif isinstance(event, h11.Response):
+                self._response_started = True
+                self._status = event.status_code
+                if connection_auth(self._request.headers, event.status_code, event.headers):
+                    proxy.pin_auth = True
+                rewrite = self._rewriter(event.headers)
+                proxy.send(
+                    h11.Response(
+                        status_code=event.status_code,
+                        headers=downstream_response_headers(list(event.headers), rewrite, self._set_cookie, False),
+                        reason=event.reason,
+                    )
+                )
+            elif isinstance(event, h11.Data):
+                proxy.send(event)
+            elif isinstance(event, h11.EndOfMessage):
+                proxy.send(h11.EndOfMessage(headers=list(event.headers)))
+                self._finish()
+                return
+            elif isinstance(event, h11.ConnectionClosed):
+                return
+
+    def _rewriter(self, headers: Any) -> Callable[[bytes], bytes] | None:
+        if not any(n == b"location" for n, _ in headers):
+            return None
+        host = _header(self._request.headers, b"host") or b""
+        return location_rewriter(host, self._proxy.service.proto, self._proxy.service.internal)
+
+    def _switched(self, upstream: Upstream) -> None:
+        """Both sides agreed on 101: from here on, a tunnel."""
+        self._user_log()
+        self._done()
+        rest = upstream.h11.trailing_data[0]
+        proxy = self._proxy
+        proxy.switch_to_tunnel(upstream)
+        if rest:
+            proxy.bytes_out += len(rest)
+            proxy.transport.write(bytes(rest))
+
+    # -- endings ----------------------------------------------------------------
+
+    def _done(self) -> None:
+        """Count the request as over, once."""
+        if self._finished:
+            return
+        self._finished = True
+        if self._body_watch is not None:
+            self._body_watch.stop()
+            self._body_watch = None
+        if self._started:
+            self._backend.state.active -= 1
+
+    def _user_log(self) -> None:
+        proxy = self._proxy
+        service = proxy.service
+        headers = self._request.headers
+        user = user_of(_header(headers, b"authorization"))
+        agent = _header(headers, b"user-agent")
+        config = self._backend.config
+        service.logs.write(
+            "user",
+            esplog.user_line(
+                service.now(),
+                proxy.local,
+                esplog.endpoint(config.host, config.port),
+                user,
+                self._request.method.decode("latin-1"),
+                self._request.target.decode("latin-1"),
+                agent.decode("latin-1") if agent is not None else None,
+            ),
+        )
+
+    def _fail(self, status: int, reason: str) -> None:
+        """No response came from the real server: answer C{status} and log why."""
+        self._done()
+        self._log.warn(
+            "{service}: {client} {method} {target}: {reason}",
+            service=self._proxy.service.config.name,
+            client=self._proxy.client,
+            method=self._request.method.decode("latin-1"),
+            target=self._request.target.decode("latin-1"),
+            reason=reason,
+        )
+        self._proxy._exchange = None
+        self._proxy.answer(status)
+
+    def _unregister(self) -> None:
+        if self._registered:
+            self._registered = False
+            self._proxy.transport.unregisterProducer()
+            assert self._upstream is not None
+            self._upstream.transport.unregisterProducer()
+
+    def _abort(self, reason: str) -> None:
+        """The response cannot be completed: cut both connections."""
+        self._done()
+        self._unregister()
+        self._log.info("{service}: {reason}", service=self._proxy.service.config.name, reason=reason)
+        if self._upstream is not None:
+            self._upstream.transport.abortConnection()
+        proxy = self._proxy
+        proxy._closing = True
+        proxy.transport.abortConnection()
+
+    def _finish(self) -> None:
+        self._user_log()
+        self._done()
+        self._unregister()
+        upstream = self._upstream
+        assert upstream is not None
+        conn = upstream.h11
+        reusable = conn.our_state is h11.DONE and conn.their_state is h11.DONE and conn.trailing_data == (b"", False)
+        proxy = self._proxy
+        if reusable:
+            conn.start_next_cycle()
+            if proxy.pin_auth or proxy.service.config.send_proxy:
+                proxy.keep_own(self._backend, upstream)
+            else:
+                self._backend.put(upstream)
+        else:
+            upstream.transport.loseConnection()
+        proxy.exchange_done(self._request_done)

@@ -1,0 +1,191 @@
+# -*- test-case-name: tests.net.test_reverse -*-
+"""
+C{twistd txgate reverse}: every C{[[virtual_service]]} listening, its real
+servers health-checked, the ESP logs open.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import attrs
+from twisted.application.service import MultiService
+from twisted.internet.defer import gatherResults
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+
+from txgate.config import ReverseConfig, VirtualServiceConfig
+from txgate.errors import ConfigError, ConfigErrors
+from txgate.net.healthcheck import HealthChecker
+from txgate.net.realservers import client_tls
+from txgate.net.reverse import EspLogs, ReverseProxyFactory, VirtualService
+from txgate.net.service import describe_address
+from txgate.net.sni import SNIServerTLS, load_server_tls
+from txgate.reverse.balancing import RealServer
+from txgate.reverse.health import HealthTracker
+from txgate.reverse.persistence import CookieSigner, load_or_create_key
+
+__all__ = ["PreparedReverse", "prepare_reverse", "ReverseService", "persistence_key_path"]
+
+
+def persistence_key_path(config: ReverseConfig) -> str:
+    """Where the key that signs persistence cookies lives; nodes that share it route alike."""
+    return os.path.join(config.txgate.state_dir, "reverse", "persistence.key")
+
+
+@attrs.frozen
+class PreparedReverse:
+    """What a reverse configuration loads before anything listens."""
+
+    config: ReverseConfig
+    signer: CookieSigner | None
+    server_tls: dict[str, SNIServerTLS]
+
+
+def prepare_reverse(config: ReverseConfig) -> PreparedReverse:
+    """
+    Load the certificates, check the real servers' CA bundles, and read (or
+    create) the persistence key.
+
+    @raise ConfigErrors: naming the file and key of each problem.
+    """
+    errors: list[ConfigError] = []
+    server_tls = {}
+    for index, service in enumerate(config.virtual_services):
+        prefix = f"virtual_service[{index}]"
+        if service.certificates:
+            try:
+                server_tls[service.name] = load_server_tls(service.certificates, f"{prefix}.certificates")
+            except ConfigErrors as e:
+                errors.extend(e.errors)
+        for rs in service.real_servers:
+            if rs.tls:
+                try:
+                    client_tls(rs)
+                except ConfigError as e:
+                    errors.append(e)
+    signer = None
+    if any(s.persistence.mode == "active-cookie" for s in config.virtual_services):
+        try:
+            signer = CookieSigner(load_or_create_key(persistence_key_path(config)))
+        except ConfigError as e:
+            errors.append(e)
+    if errors:
+        raise ConfigErrors(tuple(errors))
+    return PreparedReverse(config, signer, server_tls)
+
+
+class ReverseService(MultiService):
+    """The reverse proxy: listeners, health checks, ESP logs."""
+
+    _log = Logger()
+
+    def __init__(self, prepared: PreparedReverse, reactor: Any) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.prepared = prepared
+        logs = prepared.config.logs
+        self.logs = EspLogs(logs.connection_log, logs.security_log, logs.user_log)
+        self.virtual_services = [
+            VirtualService(config, reactor, prepared.signer, self.logs) for config in prepared.config.virtual_services
+        ]
+        self.ports: dict[str, Any] = {}
+        self.checkers: list[HealthChecker] = []
+        for service in self.virtual_services:
+            self.checkers.extend(self._checkers(service))
+
+    def _checkers(self, service: VirtualService) -> list[HealthChecker]:
+        check = service.config.health_check
+        if not check.enabled:
+            return []
+        checkers = []
+        for backend in service.backends:
+            rs = backend.config
+
+            def changed(state: RealServer, up: bool, detail: str, name: str = service.config.name) -> None:
+                self._health_changed(name, state, up, detail)
+
+            checkers.append(
+                HealthChecker(
+                    self.reactor,
+                    backend.state,
+                    rs.host,
+                    check.port or rs.port,
+                    client_tls(rs) if rs.tls else None,
+                    check.path,
+                    rs.verified_name,
+                    check.interval,
+                    check.timeout,
+                    HealthTracker(rise=check.rise, fall=check.fall),
+                    check.expect,
+                    changed,
+                )
+            )
+        return checkers
+
+    def _health_changed(self, name: str, state: RealServer, up: bool, detail: str) -> None:
+        if up:
+            self._log.info("real server {key} of {service} is Up: {detail}", key=state.key, service=name, detail=detail)
+        else:
+            self._log.warn("real server {key} of {service} is Down: {detail}", key=state.key, service=name, detail=detail)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """The virtual services and their real servers, for the admin console."""
+        return [s.snapshot() for s in self.virtual_services]
+
+    def _factory(self, service: VirtualService) -> Any:
+        factory: Any = ReverseProxyFactory(service)
+        tls = self.prepared.server_tls.get(service.config.name)
+        if tls is not None:
+            factory = TLSMemoryBIOFactory(tls, False, factory)
+            factory.noisy = False
+        return factory
+
+    def startService(self) -> None:
+        super().startService()
+        for service in self.virtual_services:
+            config = service.config
+            try:
+                endpoint = serverFromString(self.reactor, config.listen)
+            except Exception as e:
+                self._listen_failed(Failure(e), config)
+                continue
+            d = endpoint.listen(self._factory(service))
+            d.addCallbacks(self._listening, self._listen_failed, (config,), None, (config,))
+        for checker in self.checkers:
+            checker.start()
+
+    def _listening(self, port: Any, config: VirtualServiceConfig) -> None:
+        self.ports[config.name] = port
+        address = describe_address(port.getHost())
+        self._log.info(
+            "listening: service={service} kind={kind} address={address}",
+            service=config.name,
+            kind=config.kind,
+            address=address,
+        )
+
+    def _listen_failed(self, failure: Failure, config: VirtualServiceConfig) -> None:
+        self._log.critical(
+            "cannot listen for virtual service {service} on {listen}: {error}; stopping",
+            service=config.name,
+            listen=config.listen,
+            error=failure.getErrorMessage(),
+        )
+        self.reactor.callWhenRunning(self.reactor.stop)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        for checker in self.checkers:
+            checker.stop()
+        for service in self.virtual_services:
+            for backend in service.backends:
+                backend.pool.close_all()
+        waits = [port.stopListening() for port in self.ports.values()]
+        self.ports.clear()
+        d = gatherResults([w for w in waits if w is not None])
+        d.addBoth(lambda result: (self.logs.close(), result)[1])
+        return d
