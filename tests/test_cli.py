@@ -135,6 +135,32 @@ class CheckConfigTests(_CommandTestCase):
         self.assertIn("'sipgate'", err)
 
 
+    def test_reverse_file(self) -> None:
+        """
+        A file with C{[[virtual_service]]} tables is checked as a reverse
+        configuration, without creating the persistence key.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        text = f"""
+            [txgate]
+            state_dir = "{directory}/var"
+            [[virtual_service]]
+            name = "web"
+            listen = "tcp:0:interface=127.0.0.1"
+            allowed_hosts = ["lyncweb.example.com"]
+            [[virtual_service.real_server]]
+            address = "127.0.0.1:4443"
+            """
+        good = self.write(text, "reverse.toml", directory)
+        self.assertEqual(self.run_txgate("check-config", good), (0, f"{good}: ok\n", ""))
+        self.assertFalse(os.path.exists(os.path.join(directory, "var")))
+        bad = self.write(text.replace('"127.0.0.1:4443"', '"nowhere"'), "bad.toml", directory)
+        status, out, err = self.run_txgate("check-config", bad)
+        self.assertEqual((status, out), (1, ""))
+        self.assertIn(f"{bad}: virtual_service[0].real_server[0].address: ", err)
+
+
 class PluginsTests(_CommandTestCase):
     """
     C{txgate plugins [--config PATH]}: kind, name and origin of every plugin.

@@ -2,7 +2,8 @@
 """
 The C{txgate} command: offline tools for operators.
 
-  - C{txgate check-config PATH}: validate a configuration file.
+  - C{txgate check-config PATH}: validate a configuration file (forward or
+    reverse: a file with C{[[virtual_service]]} tables is a reverse one).
   - C{txgate plugins [--config PATH]}: list the registered plugins.
   - C{txgate o365 import FILE.json [--service-area Skype] [--output PATH]}:
     convert Microsoft's endpoints JSON into a category list.
@@ -25,13 +26,30 @@ from txgate.errors import ConfigError, ConfigErrors
 __all__ = ["main"]
 
 
+def _is_reverse(path: str) -> bool:
+    """Whether C{path} is a reverse-mode file (it has C{[[virtual_service]]} tables)."""
+    import tomllib
+
+    from txgate.config import read_text
+
+    try:
+        return "virtual_service" in tomllib.loads(read_text(path))
+    except (ConfigError, ConfigErrors, tomllib.TOMLDecodeError):
+        return False  # the forward loader reports the problem
+
+
 def _check_config(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from txgate.config import load_reverse_config
+    from txgate.net.reverseservice import prepare_reverse
     from txgate.tap import prepare
 
     status = 0
     for path in args.paths:
         try:
-            prepare(load_config(path), create_keyring=False)
+            if _is_reverse(path):
+                prepare_reverse(load_reverse_config(path), create_key=False)
+            else:
+                prepare(load_config(path), create_keyring=False)
         except ConfigErrors as e:
             err.write(f"{e}\n")
             status = 1

@@ -45,10 +45,10 @@ class PreparedReverse:
     server_tls: dict[str, SNIServerTLS]
 
 
-def prepare_reverse(config: ReverseConfig) -> PreparedReverse:
+def prepare_reverse(config: ReverseConfig, create_key: bool = True) -> PreparedReverse:
     """
     Load the certificates, check the real servers' CA bundles, and read (or
-    create) the persistence key.
+    create, unless C{create_key} is false) the persistence key.
 
     @raise ConfigErrors: naming the file and key of each problem.
     """
@@ -68,9 +68,11 @@ def prepare_reverse(config: ReverseConfig) -> PreparedReverse:
                 except ConfigError as e:
                     errors.append(e)
     signer = None
-    if any(s.persistence.mode == "active-cookie" for s in config.virtual_services):
+    key = persistence_key_path(config)
+    cookies = any(s.persistence.mode == "active-cookie" for s in config.virtual_services)
+    if cookies and (create_key or os.path.lexists(key)):
         try:
-            signer = CookieSigner(load_or_create_key(persistence_key_path(config)))
+            signer = CookieSigner(load_or_create_key(key))
         except ConfigError as e:
             errors.append(e)
     if errors:
