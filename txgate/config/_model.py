@@ -204,7 +204,7 @@ class VirtualServiceConfig:
     body_timeout: float = 60.0
     max_header_size: int = 65536
     connect_timeout: float = 10.0
-    pool_size: int = 16
+    pool_size: int = 64
     send_proxy: bool = False
     health_check: HealthCheckConfig = HealthCheckConfig()
 

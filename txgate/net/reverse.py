@@ -17,9 +17,11 @@ from typing import Any, Callable, TextIO
 
 import h11
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from txgate.config import VirtualServiceConfig
 from txgate.net.idle import IdleWatch
@@ -119,9 +121,11 @@ class EspLogs:
             f.write(line + "\n")
 
     def close(self) -> None:
-        for f in self._files.values():
+        """Close the files; lines written afterwards are dropped."""
+        for name, f in self._files.items():
             if f is not None:
                 f.close()
+                self._files[name] = None
 
 
 class VirtualService:
@@ -206,6 +210,7 @@ class ReverseProxy(Protocol):
         self._identified = False
         self._closing = False
         self._reading = True
+        self._paused = False
         self._buffer = bytearray()
         self._scanned = 0
         self._conn: h11.Connection | None = None
@@ -248,6 +253,11 @@ class ReverseProxy(Protocol):
             self._head_in(data)
             return
         if not self._reading:
+            # Pipelined or early bytes wait in h11; no more are read until
+            # this exchange is over, so they cannot pile up. (Again each
+            # time: the real server's connection, as a consumer, may have
+            # resumed us.)
+            self._paused = True
             self.transport.pauseProducing()
         self._conn.receive_data(data)
         self._process()
@@ -292,6 +302,8 @@ class ReverseProxy(Protocol):
         service.connections -= 1
         if self._exchange is not None:
             self._exchange.client_lost(reason)
+        if self._tunnel is not None:
+            self._tunnel.transport.loseConnection()
         if self.own is not None:
             self.own[1].transport.loseConnection()
             self.own = None
@@ -328,12 +340,18 @@ class ReverseProxy(Protocol):
             conn = self._conn
 
     def pause_reading(self) -> None:
+        """
+        Stop handing events on. The transport is paused only if bytes
+        arrive meanwhile (L{dataReceived}): most requests end before then,
+        and pausing and resuming cost two epoll calls per request.
+        """
         self._reading = False
-        self.transport.pauseProducing()
 
     def resume_reading(self) -> None:
         self._reading = True
-        self.transport.resumeProducing()
+        if self._paused:
+            self._paused = False
+            self.transport.resumeProducing()
         self._process()
 
     # -- answering --------------------------------------------------------------
@@ -485,7 +503,9 @@ class ReverseProxy(Protocol):
             rest = conn.trailing_data[0]
             self._conn = None
             self._reading = True
-            self.transport.resumeProducing()
+            if self._paused:
+                self._paused = False
+                self.transport.resumeProducing()
             if rest:
                 self._head_in(bytes(rest))
         else:
@@ -502,7 +522,26 @@ class ReverseProxy(Protocol):
         if rest:
             upstream.transport.write(bytes(rest))
         self._reading = True
-        self.transport.resumeProducing()
+        if self._paused:
+            self._paused = False
+            self.transport.resumeProducing()
+
+
+@implementer(IPushProducer)
+class _Resumable:
+    """A transport as a producer that can be paused and resumed, not stopped."""
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+
+    def pauseProducing(self) -> None:
+        self._transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        pass
 
 
 class _OwnWatch:
@@ -607,7 +646,10 @@ class _Exchange:
             self._write_upstream(h11.Data(data=data))
         self._early = []
         client, server = proxy.transport, upstream.transport
-        server.registerProducer(client, True)
+        # The real server's connection ending must not end the client's (a
+        # consumer stops its producer when it is lost): a stale pooled
+        # connection is retried, a failure gets its 502.
+        server.registerProducer(_Resumable(client), True)
         client.registerProducer(server, True)
         self._registered = True
         upstream.attach(self)
@@ -653,6 +695,7 @@ class _Exchange:
         if self._finished:
             return
         self._done()
+        self._unregister()
         if self._upstream is not None:
             self._upstream.transport.loseConnection()
 
@@ -661,6 +704,7 @@ class _Exchange:
         if self._finished:
             return
         self._done()
+        self._unregister()
         if self._upstream is not None:
             self._upstream.transport.abortConnection()
 

@@ -148,6 +148,9 @@ class ReverseService(MultiService):
 
     def startService(self) -> None:
         super().startService()
+        # Connections still open at shutdown end after stopService, and their
+        # lines must still reach the files: close them after the reactor stops.
+        self.reactor.addSystemEventTrigger("after", "shutdown", self.logs.close)
         for service in self.virtual_services:
             config = service.config
             try:
@@ -188,6 +191,4 @@ class ReverseService(MultiService):
                 backend.pool.close_all()
         waits = [port.stopListening() for port in self.ports.values()]
         self.ports.clear()
-        d = gatherResults([w for w in waits if w is not None])
-        d.addBoth(lambda result: (self.logs.close(), result)[1])
-        return d
+        return gatherResults([w for w in waits if w is not None])
