@@ -18,9 +18,9 @@ TRIAL_ARGS ?=
 # command:package pairs for `system-deps`; a package is installed when its
 # command is missing. nginx-light is the smallest build with ssl and sendfile.
 SYSTEM_DEPS := nginx:nginx-light curl:curl openssl:openssl socat:socat ps:procps unshare:util-linux \
-	ip:iproute2 iptables:iptables ip6tables:iptables sipp:sip-tester turnutils_uclient:coturn turnserver:coturn
+	ip:iproute2 iptables:iptables ip6tables:iptables sipp:sip-tester turnutils_uclient:coturn turnserver:coturn haproxy:haproxy
 
-.PHONY: all venv setup system-deps run test clean bench-policy bench-intercept
+.PHONY: all venv setup system-deps run test clean bench-policy bench-intercept bench-reverse
 
 all: venv
 
@@ -85,3 +85,19 @@ bench-policy: $(STAMP)
 # writes bench/results/intercept-<date>.json.
 bench-intercept: $(STAMP)
 	$(BIN)/python bench/intercept.py
+
+# Starts two nginx real servers, then txgate reverse, haproxy and nginx in
+# turn in front of them, all on 127.0.0.1, drives each with wrk (installed
+# here when missing, as system-deps does) and a new-connection client, and
+# writes bench/results/reverse-<date>.json. BENCH_ARGS passes options, e.g.
+# make bench-reverse BENCH_ARGS='--seconds 3 --only txgate,haproxy'.
+BENCH_ARGS ?=
+bench-reverse: $(STAMP)
+	@export PATH="$$PATH:/usr/local/sbin:/usr/sbin:/sbin"; \
+	command -v wrk >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" != 0 ]; then echo "bench-reverse: wrk missing; run as root or apt-get install wrk" >&2; exit 1; fi; \
+		echo "bench-reverse: installing wrk"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -qq --no-install-recommends wrk >/dev/null 2>&1 || \
+		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends wrk; }; }
+	$(BIN)/python bench/reverse.py $(BENCH_ARGS)
