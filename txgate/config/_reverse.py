@@ -43,6 +43,7 @@ from txgate.config._model import (
     VirtualServiceConfig,
 )
 from txgate.errors import ConfigError, ConfigErrors
+from txgate.reverse.allowed import HostRules, PathRules
 
 __all__ = ["parse_reverse_config", "load_reverse_config"]
 
@@ -68,30 +69,20 @@ def _files(value: Any) -> tuple[str, ...]:
     return files
 
 
-def _hosts(value: Any) -> tuple[str, ...]:
-    from txgate.reverse.allowed import HostRules
+def _rules(rules: Any, expected: str) -> Callable[[Any], tuple[str, ...]]:
+    """A list of patterns that C{rules.of} accepts (its ValueError is the message)."""
 
-    hosts = _strings(value)
-    if not hosts:
-        raise _Bad("expected at least one host name (exact, or *.domain)")
-    try:
-        HostRules.of(hosts)
-    except ValueError as e:
-        raise _Bad(str(e)) from None
-    return hosts
+    def check(value: Any) -> tuple[str, ...]:
+        patterns = _strings(value)
+        if not patterns:
+            raise _Bad(f"expected at least one {expected}")
+        try:
+            rules.of(patterns)
+        except ValueError as e:
+            raise _Bad(str(e)) from None
+        return patterns
 
-
-def _paths(value: Any) -> tuple[str, ...]:
-    from txgate.reverse.allowed import PathRules
-
-    paths = _strings(value)
-    if not paths:
-        raise _Bad('expected at least one path glob, e.g. "/*" or "/meet/*"')
-    try:
-        PathRules.of(paths)
-    except ValueError as e:
-        raise _Bad(str(e)) from None
-    return paths
+    return check
 
 
 def _positive_seconds(value: Any) -> float:
@@ -132,8 +123,8 @@ _VS_KEYS: dict[str, Callable[[Any], Any]] = {
     "name": _name,
     "listen": _endpoint,
     "certificates": _files,
-    "allowed_hosts": _hosts,
-    "allowed_paths": _paths,
+    "allowed_hosts": _rules(HostRules, "host name (exact, or *.domain)"),
+    "allowed_paths": _rules(PathRules, 'path glob, e.g. "/*" or "/meet/*"'),
     "scheduling": _choice(*SCHEDULERS),
     "persistence": lambda value: value,  # a table, checked below
     "idle_timeout": _positive_seconds,

@@ -23,6 +23,8 @@ __all__ = [
     "strip_hop_by_hop",
     "error_page",
     "VIA",
+    "RETRYABLE",
+    "as_bytes",
 ]
 
 VIA = b"1.1 txgate"
@@ -43,6 +45,19 @@ HOP_BY_HOP = frozenset(
 """Headers that describe one hop and are never forwarded (RFC 9110 7.6.1)."""
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+
+RETRYABLE = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+"""Methods retried once on a new connection when a kept-alive one was closed under them."""
+
+
+def as_bytes(pieces: list[object] | None) -> list[bytes]:
+    """
+    h11 hands out body data as slices of its receive buffer (bytearray);
+    Twisted transports take only bytes.
+    """
+    if not pieces:
+        return []
+    return [p if type(p) is bytes else bytes(p) for p in pieces]  # type: ignore[arg-type]
 
 Headers = list[tuple[bytes, bytes]]
 

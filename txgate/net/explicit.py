@@ -23,7 +23,9 @@ from txgate.auth import Refused, is_revocation_fetch
 from txgate.config import ServiceConfig
 from txgate.errors import PeerProtocolError
 from txgate.http.proxying import (
+    RETRYABLE,
     Target,
+    as_bytes,
     error_page,
     parse_target,
     request_headers_upstream,
@@ -50,18 +52,6 @@ _REASONS = {
     502: "Bad Gateway",
     504: "Gateway Timeout",
 }
-
-_RETRYABLE = frozenset({b"GET", b"HEAD", b"OPTIONS"})
-
-
-def _as_bytes(pieces: list[Any] | None) -> list[bytes]:
-    """
-    h11 hands out body data as slices of its receive buffer (bytearray);
-    Twisted transports take only bytes.
-    """
-    if not pieces:
-        return []
-    return [p if type(p) is bytes else bytes(p) for p in pieces]
 
 
 def _head_size(request: h11.Request) -> int:
@@ -222,7 +212,7 @@ class ExplicitProxy(Delegating):
 
     def send(self, event: Any) -> None:
         """Frame C{event} with the client's h11 state and write it."""
-        pieces = _as_bytes(self._conn.send_with_data_passthrough(event))
+        pieces = as_bytes(self._conn.send_with_data_passthrough(event))
         if pieces:
             self.session.bytes_out += sum(len(p) for p in pieces)
             self.transport.writeSequence(pieces)
@@ -570,7 +560,7 @@ class _Exchange:
 
     def _write_upstream(self, event: Any) -> None:
         assert self._upstream is not None
-        pieces = _as_bytes(self._upstream.h11.send_with_data_passthrough(event))
+        pieces = as_bytes(self._upstream.h11.send_with_data_passthrough(event))
         if pieces:
             self._upstream.transport.writeSequence(pieces)
 
@@ -655,7 +645,7 @@ class _Exchange:
             and not self._proxy.pinned
             and not self._retried
             and not self._has_body
-            and self._request.method in _RETRYABLE
+            and self._request.method in RETRYABLE
         ):
             # A pooled connection the server closed while idle: try once more
             # on a fresh one, as clients do for idempotent requests.

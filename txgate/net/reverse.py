@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txgate.config import VirtualServiceConfig
+from txgate.http.proxying import RETRYABLE, as_bytes
 from txgate.net.idle import IdleWatch
 from txgate.net.realservers import Backend
 from txgate.net.upstream import Upstream, describe_connect_failure, no_delay
@@ -56,15 +57,6 @@ _PHRASES = {
     504: b"Gateway Timeout",
     505: b"HTTP Version Not Supported",
 }
-
-_RETRYABLE = frozenset({b"GET", b"HEAD", b"OPTIONS"})
-
-
-def _as_bytes(pieces: list[Any] | None) -> list[bytes]:
-    """h11 hands out slices of its buffer (bytearray); transports take bytes."""
-    if not pieces:
-        return []
-    return [p if type(p) is bytes else bytes(p) for p in pieces]
 
 
 def _minimal_page(status: int) -> tuple[list[tuple[bytes, bytes]], bytes]:
@@ -358,7 +350,7 @@ class ReverseProxy(Protocol):
 
     def send(self, event: Any) -> None:
         assert self._conn is not None
-        pieces = _as_bytes(self._conn.send_with_data_passthrough(event))
+        pieces = as_bytes(self._conn.send_with_data_passthrough(event))
         if pieces:
             self.bytes_out += sum(len(p) for p in pieces)
             self.transport.writeSequence(pieces)
@@ -662,7 +654,7 @@ class _Exchange:
 
     def _write_upstream(self, event: Any) -> None:
         assert self._upstream is not None
-        pieces = _as_bytes(self._upstream.h11.send_with_data_passthrough(event))
+        pieces = as_bytes(self._upstream.h11.send_with_data_passthrough(event))
         if pieces:
             self._upstream.transport.writeSequence(pieces)
 
@@ -761,7 +753,7 @@ class _Exchange:
             and self._reused
             and not self._retried
             and not self._has_body
-            and self._request.method in _RETRYABLE
+            and self._request.method in RETRYABLE
             and not self._proxy.pin_auth
         ):
             # A kept-alive connection the server closed while idle: once more
