@@ -286,7 +286,7 @@ async def _stop_child(child: _Child, transport: Any, what: str) -> None:
 @attrs.define
 class TxgateProcess:
     """
-    A running C{twistd -n txgate forward}.
+    A running C{twistd -n txgate forward} (or C{txgate reverse}).
 
     @ivar pid: the twistd process id (for L{rss_peak_kb}).
     @ivar addresses: service name -> (host, port) as its "listening:" line gave.
@@ -308,6 +308,8 @@ class TxgateProcess:
     directory: str
     config_path: str
     _child: _Child = attrs.field(repr=False)
+    esp_logs: dict[str, str] = attrs.Factory(dict)
+    """Reverse mode: C{[logs]} key (C{"security_log"} ...) -> absolute path."""
 
     @property
     def running(self) -> bool:
@@ -368,6 +370,7 @@ def start_txgate(
     isolate_dns: bool = True,
     startup_timeout: float = STARTUP_TIMEOUT,
     prefix: Sequence[str] = (),
+    mode: str = "forward",
 ) -> defer.Deferred[TxgateProcess]:
     """
     Start C{twistd -n --pidfile= txgate forward --config FILE [args]} from the
@@ -385,13 +388,16 @@ def start_txgate(
     @param prefix: a command twistd runs under, e.g. C{("ip", "netns",
         "exec", NAME)} to run it in a network namespace
         (L{tests.e2e.netns}); inside the DNS isolation when both are used.
+    @param mode: C{"forward"}, or C{"reverse"} for C{txgate reverse}: then it
+        waits for each C{[[virtual_service]]} and
+        L{TxgateProcess.esp_logs} holds the C{[logs]} files.
     @return: fires with a L{TxgateProcess}; fails with the collected output
         if the process exits or does not listen within C{startup_timeout}.
         A cleanup SIGTERMs it (SIGKILL after L{STOP_GRACE}) and fails the
         test if it died on its own during the test.
     """
     return defer.Deferred.fromCoroutine(
-        _start_txgate(testcase, config_toml, args, isolate_dns, startup_timeout, prefix)
+        _start_txgate(testcase, config_toml, args, isolate_dns, startup_timeout, prefix, mode)
     )
 
 
@@ -402,21 +408,28 @@ async def _start_txgate(
     isolate_dns: bool,
     startup_timeout: float,
     prefix: Sequence[str] = (),
+    mode: str = "forward",
 ) -> TxgateProcess:
+    if mode not in ("forward", "reverse"):
+        raise ValueError(f"mode must be 'forward' or 'reverse', not {mode!r}")
     directory = _new_dir(testcase)
     text = config_toml.replace("{tmp}", directory)
     config = tomllib.loads(text)  # a typo in a test's config fails here, clearly
-    services = {s["name"]: s.get("kind") for s in config.get("service", [])}
+    table = "service" if mode == "forward" else "virtual_service"
+    services = {s["name"]: s.get("kind") for s in config.get(table, [])}
     settings = config.get("txgate", {})
-    access_log = settings.get("access_log", "var/log/access.log")
-    config_path = os.path.join(directory, "forward.toml")
+    access_log = settings.get("access_log", "var/log/access.log") if mode == "forward" else "-"
+    esp_logs = {
+        key: os.path.join(directory, path) for key, path in config.get("logs", {}).items() if path
+    }
+    config_path = os.path.join(directory, f"{mode}.toml")
     with open(config_path, "w") as f:
         f.write(text)
 
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     if not os.access(twistd, os.X_OK):
         raise FailTest(f"{twistd} not found: run the tests with the venv's python (make test)")
-    argv = [*prefix, twistd, "-n", "--pidfile=", "txgate", "forward", "--config", config_path, *args]
+    argv = [*prefix, twistd, "-n", "--pidfile=", "txgate", mode, "--config", config_path, *args]
     if isolate_dns:
         unshare = require_tool("unshare")
         require(
@@ -440,6 +453,7 @@ async def _start_txgate(
         directory=directory,
         config_path=config_path,
         child=child,
+        esp_logs=esp_logs,
     )
     started = False
 

@@ -1,6 +1,6 @@
 """
-Tests for L{txgate.reverse.framing}: where a request head ends, and which
-heads are refused before h11 reads them.
+Tests for L{txgate.reverse.framing}: where a request head ends, which heads
+are refused before h11 reads them, and which chunked bodies.
 """
 
 from __future__ import annotations
@@ -10,7 +10,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from txgate.reverse.framing import MAX_EMPTY_LINES, BadHead, check_head, head_end, head_start
+from txgate.reverse.framing import (
+    MAX_CHUNK_SIZE,
+    MAX_EMPTY_LINES,
+    BadHead,
+    ChunkedChecker,
+    check_head,
+    head_end,
+    head_start,
+)
 
 GOOD = b"GET /meet/x HTTP/1.1\r\nHost: meet.example.com\r\nUser-Agent: t\tx\r\n\r\n"
 POST = b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello"
@@ -181,3 +189,335 @@ class CheckHeadTests(SynchronousTestCase):
         lower = head.lower()
         self.assertLessEqual(lower.count(b"content-length") + lower.count(b"transfer-encoding"), 1)
         self.assertNotIn(b"\r\n ", head)
+
+
+CHUNKED_HEAD = b"POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+NEXT_REQUEST = b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n"
+
+# Valid chunked bodies, each with the data it carries.
+CHUNKED = [
+    (b"0\r\n\r\n", b""),
+    (b"5\r\nhello\r\n0\r\n\r\n", b"hello"),
+    (b"5\r\nhello\r\n6\r\n world\r\n1\r\n!\r\n0\r\n\r\n", b"hello world!"),
+    (b"A\r\n\r\n\n\r\r\n0\n\r\n\r\n0\r\n\r\n", b"\r\n\n\r\r\n0\n\r\n"),  # data is never scanned
+    (b"a\r\n0123456789\r\nF\r\n0123456789abcde\r\n000\r\n\r\n", b"0123456789" * 2 + b"abcde"),
+    (b"00000000000000000000005\r\nhello\r\n0\r\n\r\n", b"hello"),  # leading zeros are not significant
+    (b"7fffffffffffffff\r\n", None),  # the largest size: valid, and the body goes on
+    (b"5;name\r\nhello\r\n0;a=b;c=\"d;e\\\"f\"\r\n\r\n", b"hello"),
+    (b"5 ;name = value\r\nhello\r\n0\t; a=\"\t\xff\"\r\n\r\n", b"hello"),
+    (b"5;\r\nhello\r\n0;\xe9t\xe9\r\n\r\n", b"hello"),
+    (b"5\r\nhello\r\n0\r\nX-Checksum: abc\r\nX-Empty:\r\nX-Tab:\ta b\t\r\n\r\n", b"hello"),
+    (b"0\r\nX-Obs: \xc3\xa9\r\n\r\n", b""),
+]
+
+# Each is a chunked body h11 reads leniently (or a server another way), with
+# the reason it is refused.
+BAD_CHUNKED = [
+    (b"5\nhello\n0\n\n", "bare LF in chunked body (chunk-size line)"),
+    (b"0\n\r\n", "bare LF in chunked body (chunk-size line)"),
+    (b"5\r\nhello\n0\r\n\r\n", "bare LF in chunked body (after chunk data)"),
+    (b"5\r\nhelloXX0\r\n\r\n", "chunk data not followed by CRLF"),
+    (b"5\r\nhello0\r\n\r\n", "chunk data not followed by CRLF"),
+    (b"5\r\nhello\rX", "bare CR in chunked body (after chunk data)"),
+    (b"5\r\nhello\r\r\n", "bare CR in chunked body (after chunk data)"),
+    (b"5\rhello", "bare CR in chunked body (chunk-size line)"),
+    (b"5;a\rb\r\n", "bare CR in chunked body (chunk-size line)"),
+    (b"5\r\r\n", "bare CR in chunked body (chunk-size line)"),
+    (b"zz\r\n", "bad chunk size"),
+    (b"5x\r\n", "bad chunk size"),
+    (b"5 x\r\n", "bad chunk size"),
+    (b"-5\r\n", "bad chunk size"),
+    (b"+5\r\n", "bad chunk size"),
+    (b"0x5\r\n", "bad chunk size"),
+    (b" 5\r\n", "bad chunk size"),
+    (b";a\r\n", "bad chunk size"),
+    (b"5,5\r\n", "bad chunk size"),
+    (b"\r\n", "empty chunk size"),
+    (b"10000000000000005\r\n", "chunk size too large"),
+    (b"ffffffffffffffffff\r\n", "chunk size too large"),
+    (b"8000000000000000\r\n", "chunk size too large"),
+    (b"ffffffffffffffff\r\n", "chunk size too large"),
+    (b"5 \r\n", "whitespace after chunk size"),
+    (b"5\t\r\n", "whitespace after chunk size"),
+    (b"5;a\x00\r\n", "control character 0x00 in chunk extension"),
+    (b"5;a=\"\x0b\"\r\n", "control character 0x0B in chunk extension"),
+    (b"5;a\x7f\r\n", "control character 0x7F in chunk extension"),
+    (b"1" * 5000, "chunk-size line too long"),
+    (b"5;" + b"a" * 5000, "chunk-size line too long"),
+    (b"0\r\nX-T: a\nb\r\n\r\n", "bare LF in chunked body (trailer line)"),
+    (b"0\r\nX-T: a\r\n\n", "bare LF in chunked body (trailer line)"),
+    (b"0\r\nX-T: a\rb\r\n\r\n", "bare CR in chunked body (trailer line)"),
+    (b"0\r\n\r\r\n", "bare CR in chunked body (trailer line)"),
+    (b"0\r\nno colon\r\n\r\n", "chunked trailer line without a colon"),
+    (b"0\r\nX-T : a\r\n\r\n", "whitespace before colon in chunked trailer name"),
+    (b"0\r\n: a\r\n\r\n", "empty chunked trailer name"),
+    (b"0\r\nX(T): a\r\n\r\n", "chunked trailer name is not a token"),
+    (b"0\r\nX: a\r\n folded\r\n\r\n", "obs-fold"),
+    (b"0\r\nX: a\x01b\r\n\r\n", "control character 0x01 in chunked trailer"),
+    (b"0\r\nContent-Length: 5\r\n\r\n", "framing field in chunked trailer"),
+    (b"0\r\ntransfer-encoding: chunked\r\n\r\n", "framing field in chunked trailer"),
+    (b"0\r\nX: " + b"a" * 5000, "trailer line too long"),
+]
+
+
+def _run_chunked(data: bytes, cuts: list[int] | tuple[int, ...] = (), max_line: int = 4096) -> tuple[object, ...]:
+    """
+    Feed C{data} to a new L{ChunkedChecker}, split at C{cuts}.
+
+    @return: C{("end", index)} with the index in C{data} where the body
+        ended, C{("bad", status, reason)}, or C{("more",)} when the body has
+        not ended.
+    """
+    checker = ChunkedChecker(max_line)
+    start = 0
+    for cut in sorted(set(cuts)) + [len(data)]:
+        piece = data[start:cut]
+        try:
+            used = checker.feed(piece)
+        except BadHead as e:
+            return ("bad", e.status, e.reason)
+        if used is not None:
+            assert 0 < used <= len(piece), (used, piece)
+            return ("end", start + used)
+        start = cut
+    return ("more",)
+
+
+def _bytewise(data: bytes) -> list[int]:
+    """Cuts that feed C{data} one byte at a time."""
+    return list(range(1, len(data)))
+
+
+_TRAILER_NAMES = st.from_regex(rb"\AX-[-!#$%&'*+.^_`|~0-9A-Za-z]{0,8}\Z")
+_TRAILER_VALUES = st.binary(max_size=12).map(
+    lambda raw: bytes(b if 0x20 <= b < 0x7F or b >= 0x80 else 0x61 for b in raw).strip(b" ")
+)
+_EXTENSIONS = st.sampled_from([
+    b"", b";a", b";a=b", b";name=\"quoted ; \\\" value\"", b"; a = b", b";a=1;b=2", b";\xff", b";",
+    b";a=\"\t\"\t",
+])
+
+
+@st.composite
+def _chunked_bodies(draw: st.DrawFn) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]]:
+    """A valid chunked body h11 also reads, the data it carries and its trailers."""
+    chunks = draw(st.lists(st.binary(min_size=1, max_size=40), max_size=5))
+    body = b""
+    for chunk in chunks:
+        size = b"%x" % len(chunk)
+        if draw(st.booleans()):
+            size = size.upper()
+        body += b"0" * draw(st.integers(0, 3)) + size + draw(_EXTENSIONS) + b"\r\n" + chunk + b"\r\n"
+    body += b"0" * draw(st.integers(1, 3)) + draw(_EXTENSIONS) + b"\r\n"
+    trailers = draw(st.lists(st.tuples(_TRAILER_NAMES, _TRAILER_VALUES), max_size=3))
+    for name, value in trailers:
+        body += name + b":" + draw(st.sampled_from([b"", b" ", b"\t"])) + value + b"\r\n"
+    return body + b"\r\n", b"".join(chunks), trailers
+
+
+class ChunkedCheckerTests(SynchronousTestCase):
+    """
+    L{ChunkedChecker} follows a chunked body over raw bytes, finds where it
+    ends and refuses what h11 would read leniently.
+    """
+
+    def test_public(self) -> None:
+        """The checker and its size limit are exported."""
+        from txgate.reverse import framing
+
+        self.assertIn("ChunkedChecker", framing.__all__)
+        self.assertIn("MAX_CHUNK_SIZE", framing.__all__)
+        self.assertEqual(MAX_CHUNK_SIZE, 2**63 - 1)
+
+    def test_whole(self) -> None:
+        """Fed at once, a valid body is accepted and its exact length returned."""
+        for body, _ in CHUNKED:
+            expected = ("more",) if body.startswith(b"7fff") else ("end", len(body))
+            self.assertEqual(_run_chunked(body), expected, msg=f"input {body!r}")
+
+    def test_byte_at_a_time(self) -> None:
+        """Fed a byte at a time, every call but the one with the last byte returns C{None}."""
+        for body, _ in CHUNKED:
+            expected = ("more",) if body.startswith(b"7fff") else ("end", len(body))
+            self.assertEqual(_run_chunked(body, _bytewise(body)), expected, msg=f"input {body!r}")
+
+    def test_remainder(self) -> None:
+        """What follows the body (the next request) is not counted, however the bytes arrive."""
+        for body, _ in CHUNKED[:-1]:
+            if body.startswith(b"7fff"):
+                continue
+            data = body + NEXT_REQUEST
+            self.assertEqual(_run_chunked(data), ("end", len(body)), msg=f"input {body!r}")
+            self.assertEqual(_run_chunked(data, _bytewise(data)), ("end", len(body)), msg=f"input {body!r}")
+            self.assertEqual(_run_chunked(data, [len(body) - 1]), ("end", len(body)), msg=f"input {body!r}")
+        checker = ChunkedChecker()
+        self.assertIsNone(checker.feed(b"5\r\nhel"))
+        self.assertEqual(checker.feed(b"lo\r\n0\r\n\r\nGET"), 9)
+
+    def test_buffer_types(self) -> None:
+        """C{bytes}, C{bytearray} and C{memoryview} (also a slice of one) are all accepted."""
+        body = b"5\r\nhello\r\n0\r\n\r\n"
+        for data in [body, bytearray(body), memoryview(body), memoryview(b"xx" + body + b"yy")[2:]]:
+            checker = ChunkedChecker()
+            self.assertIsNone(checker.feed(data[:4]), msg=f"input {data!r}")
+            self.assertEqual(checker.feed(data[4:]), len(body) - 4, msg=f"input {data!r}")
+
+    def test_empty_feed(self) -> None:
+        """Feeding nothing changes nothing."""
+        checker = ChunkedChecker()
+        for piece in [b"", b"5\r", b"", b"\nhe", b"", b"llo\r", b"", b"\n0\r\n\r", b""]:
+            self.assertIsNone(checker.feed(piece))
+        self.assertEqual(checker.feed(b"\n"), 1)
+
+    def test_big_chunk_skipped(self) -> None:
+        """A large chunk is skipped by counting: its data may hold anything, CRLFs and NULs included."""
+        data = bytes(range(256)) * 4096 + b"\r\n\n\r"
+        body = b"%x\r\n" % len(data) + data + b"\r\n0\r\n\r\n"
+        self.assertEqual(_run_chunked(body, list(range(7, len(body), 65536))), ("end", len(body)))
+
+    def test_bad(self) -> None:
+        """Each bad body is a 400 with a precise reason, fed whole, a byte at a time, or after a chunk."""
+        for body, reason in BAD_CHUNKED:
+            for data in [body, b"3\r\nabc\r\n" + body]:
+                for cuts in [[], _bytewise(data)]:
+                    outcome = _run_chunked(data, cuts)
+                    self.assertEqual(outcome[:2], ("bad", 400), msg=f"input {data!r} cuts {len(cuts)}")
+                    self.assertIn(reason, outcome[2], msg=f"input {data!r} cuts {len(cuts)}")
+
+    def test_bad_early(self) -> None:
+        """
+        A violation is reported with the byte that proves it: the checker
+        does not wait for more, so a client cannot stall the proxy on it.
+        """
+        for data in [b"5\n", b"5\r\nhello\n", b"5\r\nhelloX", b"5\r\nhello\rX", b"5\rX", b"0\r\nX: a\n",
+                     b"0\r\nX: a\rX"]:
+            checker = ChunkedChecker()
+            self.assertIsNone(checker.feed(data[:-1]), msg=f"input {data!r}")
+            self.assertRaises(BadHead, checker.feed, data[-1:])
+
+    def test_after_error(self) -> None:
+        """Once it has refused a body, the checker refuses every later call the same way."""
+        checker = ChunkedChecker()
+        with self.assertRaises(BadHead) as first:
+            checker.feed(b"zz\r\n")
+        with self.assertRaises(BadHead) as second:
+            checker.feed(b"5\r\nhello\r\n0\r\n\r\n")
+        self.assertIs(second.exception, first.exception)
+        self.assertEqual(str(first.exception), "bad chunk size")
+
+    def test_after_end(self) -> None:
+        """Feeding after the body ended is the caller's bug, not the peer's: C{RuntimeError}."""
+        checker = ChunkedChecker()
+        self.assertEqual(checker.feed(b"0\r\n\r\n"), 5)
+        self.assertRaises(RuntimeError, checker.feed, b"GET")
+
+    def test_size_limits(self) -> None:
+        """Sizes up to L{MAX_CHUNK_SIZE} are accepted, in any case and with any leading zeros."""
+        for size in [b"7fffffffffffffff", b"7FFFFFFFFFFFFFFF", b"0" * 30 + b"7fffffffffffffff", b"1" * 16]:
+            checker = ChunkedChecker()
+            self.assertIsNone(checker.feed(size + b"\r\n" + b"x" * 1000), msg=f"size {size!r}")
+        for size in [b"8000000000000000", b"0" * 30 + b"8000000000000000", b"1" * 17]:
+            checker = ChunkedChecker()
+            with self.assertRaises(BadHead, msg=f"size {size!r}") as caught:
+                checker.feed(size + b"\r\n")
+            self.assertEqual(caught.exception.reason, "chunk size too large")
+
+    def test_line_limit(self) -> None:
+        """Size and trailer lines of C{max_line} bytes pass; one byte more is refused, however fed."""
+        ok_size = b"5;" + b"x" * 14  # 16 bytes before the CRLF
+        ok_trailer = b"X: " + b"y" * 13
+        for line, reason, make in [
+            (ok_size, "chunk-size line too long", lambda line: line + b"\r\nhello\r\n0\r\n\r\n"),
+            (ok_trailer, "trailer line too long", lambda line: b"0\r\n" + line + b"\r\n\r\n"),
+        ]:
+            good, bad = make(line), make(line + b"z")
+            for cuts in [[], _bytewise(good)]:
+                self.assertEqual(_run_chunked(good, cuts, max_line=16), ("end", len(good)), msg=f"input {good!r}")
+            for cuts in [[], _bytewise(bad)]:
+                outcome = _run_chunked(bad, cuts, max_line=16)
+                self.assertEqual(outcome[:2], ("bad", 400), msg=f"input {bad!r}")
+                self.assertIn(reason, outcome[2], msg=f"input {bad!r}")
+        # Endless, a line is refused once max_line + 2 bytes hold no LF.
+        checker = ChunkedChecker(max_line=16)
+        self.assertIsNone(checker.feed(b"1" * 17))
+        self.assertRaises(BadHead, checker.feed, b"1")
+
+    def test_trailer_section_limit(self) -> None:
+        """The trailer section, its empty line included, takes at most 16 * C{max_line} bytes."""
+        line = b"X: " + b"y" * 11 + b"\r\n"  # 16 bytes
+        exact = b"0\r\n" + line * 15 + b"X: " + b"y" * 9 + b"\r\n" + b"\r\n"  # 256 bytes of trailers
+        self.assertEqual(_run_chunked(exact, max_line=16), ("end", len(exact)))
+        over = b"0\r\n" + line * 15 + b"X: " + b"y" * 10 + b"\r\n" + b"\r\n"
+        for cuts in [[], _bytewise(over)]:
+            self.assertEqual(
+                _run_chunked(over, cuts, max_line=16),
+                ("bad", 400, "chunked trailer section larger than 256 bytes"),
+            )
+
+    def test_bws_before_extension(self) -> None:
+        """
+        BWS before C{;} is accepted (RFC 9112 section 7.1.1), but whitespace
+        that no extension follows is not. h11 0.16 refuses the former too
+        ("illegal chunk header"), so such a request still ends in a 400.
+        """
+        body = b"5 \t;a\r\nhello\r\n0\r\n\r\n"
+        self.assertEqual(_run_chunked(body), ("end", len(body)))
+        self.assertEqual(_run_chunked(b"5 \t\r\n")[:2], ("bad", 400))
+
+    @given(_chunked_bodies(), st.data())
+    def test_random_splits(self, generated: tuple[bytes, bytes, list[tuple[bytes, bytes]]], data: st.DataObject) -> None:
+        """A valid body, split anywhere, ends at its exact length and no further."""
+        body, _, _ = generated
+        stream = body + NEXT_REQUEST
+        cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=12))
+        self.assertEqual(_run_chunked(stream, cuts), ("end", len(body)))
+        self.assertEqual(_run_chunked(stream, _bytewise(stream)), ("end", len(body)))
+        self.assertEqual(_run_chunked(body[:-1], cuts), ("more",))
+
+    @given(_chunked_bodies())
+    def test_h11_agrees(self, generated: tuple[bytes, bytes, list[tuple[bytes, bytes]]]) -> None:
+        """
+        h11 reads a body the checker accepts as the same data and trailers,
+        and ends it at the same byte.
+        """
+        body, expected, trailers = generated
+        self.assertEqual(_run_chunked(body + NEXT_REQUEST), ("end", len(body)))
+        connection = h11.Connection(h11.SERVER)
+        connection.receive_data(CHUNKED_HEAD + body + NEXT_REQUEST)
+        self.assertIsInstance(connection.next_event(), h11.Request)
+        received = b""
+        while True:
+            event = connection.next_event()
+            if isinstance(event, h11.Data):
+                received += event.data
+            else:
+                break
+        self.assertIsInstance(event, h11.EndOfMessage)
+        self.assertEqual(received, expected)
+        self.assertEqual(
+            [(name, value) for name, value in event.headers],  # type: ignore[union-attr]
+            [(name.lower(), value.strip(b" \t")) for name, value in trailers],
+        )
+        self.assertIs(connection.next_event(), h11.PAUSED)
+        self.assertEqual(bytes(connection.trailing_data[0]), NEXT_REQUEST)
+
+    @given(
+        st.lists(
+            st.sampled_from([b"5", b"0", b"f", b"\r", b"\n", b"\r\n", b"hello", b";a=b", b" ", b"X: y", b"zz",
+                             b"ffffffffffffffffff", b":", b"\t", b"\x00", b"\xff", b"Content-Length: 1"]),
+            max_size=12,
+        ),
+        st.data(),
+    )
+    def test_split_independent(self, fragments: list[bytes], data: st.DataObject) -> None:
+        """
+        Arbitrary input gets the same answer (the same end, or the same
+        refusal) whether fed whole, a byte at a time or split anywhere.
+        """
+        stream = b"".join(fragments)
+        whole = _run_chunked(stream, max_line=8)
+        cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=8))
+        self.assertEqual(_run_chunked(stream, cuts, max_line=8), whole)
+        self.assertEqual(_run_chunked(stream, _bytewise(stream), max_line=8), whole)
+        if whole[0] == "bad":
+            self.assertEqual(whole[1], 400)

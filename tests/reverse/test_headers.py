@@ -288,6 +288,9 @@ class ConnectionTests(SynchronousTestCase):
         """Both Upgrade and the C{upgrade} Connection token are needed."""
         self.assertTrue(wants_upgrade([(b"connection", b"keep-alive, Upgrade"), (b"upgrade", b"websocket")]))
         self.assertFalse(wants_upgrade([(b"upgrade", b"websocket")]))
+        self.assertTrue(wants_upgrade([(b"connection", b"Upgrade"), (b"upgrade", b"WebSocket")]))
+        for other in (b"h2c", b"websocket, h2c", b"TLS/1.2"):
+            self.assertFalse(wants_upgrade([(b"connection", b"Upgrade"), (b"upgrade", other)]), other)
         self.assertFalse(wants_upgrade([(b"connection", b"upgrade")]))
         self.assertFalse(wants_upgrade([(b"connection", b"upgrades"), (b"upgrade", b"websocket")]))
         self.assertFalse(wants_upgrade([(b"connection", b"upgrade"), (b"upgrade", b"")]))

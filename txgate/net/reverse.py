@@ -13,6 +13,7 @@ bytes between h11 on both sides and keeps the books (ESP logs, counters).
 from __future__ import annotations
 
 import datetime
+import re
 from typing import Any, Callable, TextIO
 
 import h11
@@ -31,7 +32,7 @@ from txgate.net.upstream import Upstream, describe_connect_failure, no_delay
 from txgate.reverse import esplog
 from txgate.reverse.allowed import AmbiguousPath, HostRules, PathRules, normalize_target
 from txgate.reverse.balancing import scheduler_for
-from txgate.reverse.framing import BadHead, check_head, head_end, head_start
+from txgate.reverse.framing import BadHead, ChunkedChecker, check_head, head_end, head_start
 from txgate.reverse.headers import (
     connection_auth,
     cookie_value,
@@ -46,6 +47,8 @@ from txgate.reverse.persistence import CookiePersistence, CookieSigner, NoPersis
 from txgate.reverse.proxyv2 import proxy_v2_header
 
 __all__ = ["EspLogs", "VirtualService", "ReverseProxyFactory"]
+
+_BYTES_REPR = re.compile(r"bytearray\((b'.*?')\)")
 
 _PHRASES = {
     400: b"Bad Request",
@@ -206,6 +209,7 @@ class ReverseProxy(Protocol):
         self._buffer = bytearray()
         self._scanned = 0
         self._conn: h11.Connection | None = None
+        self._chunks: ChunkedChecker | None = None
         self._exchange: _Exchange | None = None
         self._tunnel: Upstream | None = None
         self.own: tuple[Backend, Upstream] | None = None
@@ -251,8 +255,7 @@ class ReverseProxy(Protocol):
             # resumed us.)
             self._paused = True
             self.transport.pauseProducing()
-        self._conn.receive_data(data)
-        self._process()
+        self._body_in(data)
 
     def _head_in(self, data: bytes) -> None:
         """
@@ -275,9 +278,29 @@ class ReverseProxy(Protocol):
         self._stop_head_timer()
         self._scanned = 0
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.service.config.max_header_size)
-        conn.receive_data(bytes(buffer[head_start(buffer):]))  # h11 refuses leading empty lines
+        conn.receive_data(bytes(buffer[head_start(buffer) : end]))  # h11 refuses leading empty lines
+        rest = bytes(buffer[end:])
         buffer.clear()
         self._conn = conn
+        self._process()  # the request: a chunked one sets up self._chunks
+        if rest and not self._closing:
+            self._body_in(rest)
+
+    def _body_in(self, data: bytes) -> None:
+        """
+        Bytes after a request head: a chunked body's framing is checked
+        strictly first (h11 waits forever on a bare LF and takes chunk
+        sizes of any length), then h11 reads them.
+        """
+        if self._chunks is not None:
+            try:
+                if self._chunks.feed(data) is not None:
+                    self._chunks = None  # the body ended; the rest is the next request
+            except BadHead as e:
+                self._refuse(e.status, f"malformed chunked body: {e.reason}")
+                return
+        assert self._conn is not None
+        self._conn.receive_data(data)
         self._process()
 
     def _stop_head_timer(self) -> None:
@@ -392,7 +415,9 @@ class ReverseProxy(Protocol):
         self.answer(403)
 
     def _bad_framing(self, e: h11.RemoteProtocolError) -> None:
-        self._refuse(e.error_status_hint if e.error_status_hint in _PHRASES else 400, f"malformed request: {e}")
+        # h11 shows the bytes it choked on as a bytearray repr: keep the bytes.
+        reason = _BYTES_REPR.sub(lambda m: m.group(1), str(e))
+        self._refuse(e.error_status_hint if e.error_status_hint in _PHRASES else 400, f"malformed request: {reason}")
 
     def _head_timeout(self) -> None:
         self._head_timer = None
@@ -432,7 +457,7 @@ class ReverseProxy(Protocol):
         try:
             path, target = normalize_target(request.target)
         except AmbiguousPath as e:
-            self._refuse(400, f"ambiguous path {request.target.decode('latin-1')!r}: {e}")
+            self._refuse(400, f"ambiguous path {request.target.decode('latin-1')}: {e}")
             return
         if not service.paths.allows(path):
             self._deny("path", path, "not in allowed_paths")
@@ -444,6 +469,8 @@ class ReverseProxy(Protocol):
             return
         exchange = _Exchange(self, request, target, backend, set_cookie)
         self._exchange = exchange
+        if exchange.chunked:
+            self._chunks = ChunkedChecker()
         exchange.begin()
 
     def _choose(self, request: h11.Request) -> tuple[Backend | None, bytes | None]:
@@ -586,8 +613,8 @@ class _Exchange:
         self._status: int | None = None
         self._body_watch: IdleWatch | None = None
         names = [n for n, _ in request.headers]
-        self._chunked = b"transfer-encoding" in names
-        self._has_body = self._chunked or b"content-length" in names
+        self.chunked = b"transfer-encoding" in names
+        self._has_body = self.chunked or b"content-length" in names
         self._expects = _header(request.headers, b"expect") is not None
 
     def begin(self) -> None:
@@ -599,7 +626,7 @@ class _Exchange:
         if self._has_body:
             config = self._proxy.service.config
             self._body_watch = IdleWatch(self._proxy.service.reactor, config.body_timeout, self._body_timed_out)
-        if not self._chunked or self._expects:
+        if not self.chunked or self._expects:
             self._start()
 
     def _start(self) -> None:
@@ -631,7 +658,7 @@ class _Exchange:
         proxy = self._proxy
         request = self._request
         headers = upstream_request_headers(
-            list(request.headers), proxy.client_ip, proxy.service.proto, self._upgrade, chunked=self._chunked
+            list(request.headers), proxy.client_ip, proxy.service.proto, self._upgrade, chunked=self.chunked
         )
         self._write_upstream(h11.Request(method=request.method, target=self._target, headers=headers))
         for data in self._early:

@@ -1,20 +1,25 @@
 # -*- test-case-name: tests.reverse.test_framing -*-
 """
-Strict request heads for reverse mode, checked before a head is given to h11.
+Strict request heads and chunked bodies for reverse mode, checked before h11
+reads them.
 
 h11 is lenient where leniency lets a request be read two ways: it accepts a
 bare LF as a line end, unfolds obs-fold lines, merges repeated identical
 Content-Length fields and lets Transfer-Encoding win over Content-Length.
 A proxy that reads a head one way in front of a real server that reads it
 another is how requests are smuggled, so the reverse proxy refuses every such
-head with a 400 and the reason goes to the security log.
+head with a 400 and the reason goes to the security log. Chunked bodies get
+the same treatment from L{ChunkedChecker}, which the glue feeds each body byte
+before h11 sees it.
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["BadHead", "check_head", "head_end", "head_start", "MAX_EMPTY_LINES"]
+__all__ = [
+    "BadHead", "ChunkedChecker", "check_head", "head_end", "head_start", "MAX_CHUNK_SIZE", "MAX_EMPTY_LINES",
+]
 
 
 class BadHead(Exception):
@@ -168,3 +173,254 @@ def check_head(head: bytes | bytearray) -> None:
         raise BadHead(400, "request smuggling: Transfer-Encoding in an HTTP/1.0 request")
     if minor == b"1" and not hosts:
         raise BadHead(400, "HTTP/1.1 request without Host")
+
+
+MAX_CHUNK_SIZE = 2**63 - 1
+"""
+The largest chunk size L{ChunkedChecker} accepts. A server that keeps the size
+in a signed or unsigned 64-bit integer reads a longer hex string modulo 2**64
+(or as a negative number) while h11, with Python's unbounded ints, reads it
+whole: the two then disagree on where the body ends. At most 16 significant
+hex digits and a value below 2**63 fit every such server.
+"""
+
+_HEXDIG = re.compile(rb"[0-9A-Fa-f]*")
+# CTLs other than HTAB; obs-text (0x80-0xFF) is allowed in extensions and trailers.
+_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_TRAILER_FIELD = re.compile(rb"(" + _TOKEN + rb"):(.*)", re.DOTALL)
+_FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding"})
+
+# ChunkedChecker states. Only the line states scan bytes; DATA skips them.
+_SIZE = 0  # reading a chunk-size line, buffered in _line
+_DATA = 1  # inside chunk-data, _remaining bytes to go
+_DATA_CR = 2  # chunk-data done, CR expected
+_DATA_LF = 3  # CR seen after chunk-data, LF expected
+_TRAILER = 4  # reading trailer lines (after the last-chunk), buffered in _line
+_DONE = 5  # the body has ended; feed() returned a number
+_FAILED = 6  # feed() raised; it raises the same error again
+
+
+class ChunkedChecker:
+    """
+    Follows a chunked body's framing over raw bytes, refusing what h11 would let through.
+
+    h11 reads chunked bodies leniently: a chunk-size line ending in a bare LF
+    leaves it waiting for a CRLF that never comes, a bare CR passes inside
+    extensions, and a chunk size of any length is read as a Python int, where
+    servers with 64-bit sizes read it modulo 2**64. The glue feeds every raw
+    body byte through L{feed} before giving the same bytes to h11, and answers
+    400 at the first L{BadHead}.
+
+    What is accepted (RFC 9112 section 7.1), and where we are stricter:
+
+      - chunk-size: 1*HEXDIG, at most 16 hex digits once leading zeros are
+        stripped, and below 2**63 (L{MAX_CHUNK_SIZE}).
+      - chunk-ext: after optional SP/HTAB, a C{;} and then anything but a CTL
+        other than HTAB. Extensions are not parsed further (h11 drops them), so
+        C{;name}, C{;name=token}, C{ ; name = "quoted;string"} and even
+        C{;} pass. Whitespace after the size that no C{;} follows
+        (C{5 CRLF}) is refused: the grammar allows BWS only around an
+        extension, and a server that reads C{5 } as no number at all is
+        exactly the disagreement this class exists to rule out.
+      - Every line ends in CRLF; a bare CR or bare LF anywhere in a size line,
+        after chunk-data or in the trailer section is refused.
+      - chunk-data is followed by exactly CRLF.
+      - trailer section: field lines (C{token ":" value}, no CTLs but HTAB,
+        no obs-fold, no whitespace before the colon) and an empty line. A
+        Content-Length or Transfer-Encoding trailer is refused (RFC 9110
+        section 6.5.1: framing fields never belong in trailers, and a server
+        that merges trailers into the head would let one reframe the message).
+
+    Chunk-data is skipped with integer arithmetic, so the cost is per chunk,
+    not per byte; only size and trailer lines are scanned, with C{find}. A line
+    may be split anywhere across L{feed} calls; its bytes are buffered (at most
+    C{max_line + 2} of them) until its LF arrives. Each violation is reported
+    as soon as the bytes so far prove it, and the reason does not depend on
+    where the input was split.
+
+    @ivar max_line: the longest size or trailer line, CRLF excluded. A line
+        still without its LF after C{max_line + 2} bytes is refused as too
+        long; so is a trailer section over C{16 * max_line} bytes.
+    """
+
+    def __init__(self, max_line: int = 4096) -> None:
+        self.max_line = max_line
+        self._trailer_limit = 16 * max_line
+        self._state = _SIZE
+        self._remaining = 0
+        self._line = bytearray()
+        self._trailer_size = 0
+        self._error: BadHead | None = None
+
+    def feed(self, data: bytes | bytearray | memoryview) -> int | None:
+        """
+        Check the next bytes of the body. Returns None while the body goes on; once the body's
+        last byte (the CRLF after the last-chunk and any trailer fields) is in `data`, returns how many
+        bytes of `data` belonged to the body (the rest is the next request). Raises BadHead(400, reason)
+        at the first violation. Never called again after it returned a number.
+
+        @raise RuntimeError: when called after it returned a number, a bug in
+            the caller.
+        """
+        state = self._state
+        if state >= _DONE:
+            if self._error is not None:
+                raise self._error
+            raise RuntimeError("ChunkedChecker.feed() called after the body ended")
+        if isinstance(data, memoryview):
+            data = data.tobytes()
+        try:
+            return self._feed(data)
+        except BadHead as e:
+            self._state = _FAILED
+            self._error = e
+            raise
+
+    def _feed(self, data: bytes | bytearray) -> int | None:
+        pos = 0
+        end = len(data)
+        state = self._state
+        while pos < end:
+            if state == _DATA:
+                remaining = self._remaining
+                if end - pos < remaining:
+                    self._remaining = remaining - (end - pos)
+                    self._state = _DATA
+                    return None
+                pos += remaining
+                self._remaining = 0
+                if data[pos : pos + 2] == b"\r\n":
+                    pos += 2
+                    state = _SIZE
+                else:
+                    state = _DATA_CR
+            elif state == _SIZE:
+                line, pos = self._take_line(data, pos, "chunk-size line")
+                if line is None:
+                    break
+                size = self._chunk_size(line)
+                if size:
+                    self._remaining = size
+                    state = _DATA
+                else:
+                    state = _TRAILER
+            elif state == _DATA_CR:
+                byte = data[pos]
+                if byte == 0x0D:
+                    pos += 1
+                    state = _DATA_LF
+                elif byte == 0x0A:
+                    raise BadHead(400, "bare LF in chunked body (after chunk data)")
+                else:
+                    raise BadHead(400, "chunk data not followed by CRLF")
+            elif state == _DATA_LF:
+                if data[pos] != 0x0A:
+                    raise BadHead(400, "bare CR in chunked body (after chunk data)")
+                pos += 1
+                state = _SIZE
+            else:  # _TRAILER
+                line, pos = self._take_line(data, pos, "trailer line")
+                if line is None:
+                    break
+                self._trailer_size += len(line) + 2
+                if self._trailer_size > self._trailer_limit:
+                    raise BadHead(400, f"chunked trailer section larger than {self._trailer_limit} bytes")
+                if not line:
+                    self._state = _DONE
+                    return pos
+                _check_trailer(line)
+        self._state = state
+        return None
+
+    def _take_line(self, data: bytes | bytearray, pos: int, what: str) -> tuple[bytes | None, int]:
+        """
+        Take the rest of a size or trailer line from C{data[pos:]}.
+
+        The line so far is C{self._line}; at most C{max_line + 2} bytes of it
+        are ever looked at. C{data} is scanned once, from C{pos}, and a
+        buffered line only from its last byte (a CR that may now meet its LF).
+
+        @param what: which line this is, for the reason.
+        @return: the line without its CRLF and the index just past its LF, or
+            C{None} and C{len(data)} when the line goes on past C{data}.
+        @raise BadHead: for a bare CR, a bare LF or a line too long, whichever
+            comes first in the line.
+        """
+        line = self._line
+        room = self.max_line + 2 - len(line)
+        stop = min(len(data), pos + room)
+        lf = data.find(b"\n", pos, stop)
+        if lf < 0:
+            piece = data[pos:stop]
+        else:
+            piece = data[pos : lf + 1]
+        # A CR is bare when a byte other than LF follows it; the LF, if any,
+        # is the piece's last byte, so every CR before the last two is bare,
+        # as is one just before the end of the piece when no LF ends it.
+        search_from = len(line) - 1 if line else 0
+        line += piece
+        last = len(line) - 2 if lf >= 0 else len(line) - 1
+        cr = line.find(b"\r", max(search_from, 0), last)
+        if cr >= 0:
+            raise BadHead(400, f"bare CR in chunked body ({what})")
+        if lf < 0:
+            if len(line) >= self.max_line + 2:
+                raise BadHead(400, f"{what} too long (over {self.max_line} bytes)")
+            return None, stop
+        if len(line) < 2 or line[-2] != 0x0D:
+            raise BadHead(400, f"bare LF in chunked body ({what})")
+        text = bytes(line[:-2])
+        self._line = bytearray()
+        return text, lf + 1
+
+    def _chunk_size(self, line: bytes) -> int:
+        """
+        The size a chunk-size line (CRLF stripped) announces.
+
+        @raise BadHead: for a size that is empty, not hex, too large, or
+            followed by something other than an extension.
+        """
+        digits = _HEXDIG.match(line).group()  # type: ignore[union-attr]
+        rest = line[len(digits) :]
+        if not digits:
+            if not rest:
+                raise BadHead(400, "empty chunk size")
+            raise BadHead(400, "bad chunk size")
+        if len(digits.lstrip(b"0")) > 16:
+            raise BadHead(400, "chunk size too large")
+        size = int(digits, 16)
+        if size > MAX_CHUNK_SIZE:
+            raise BadHead(400, "chunk size too large")
+        if rest:
+            extension = rest.lstrip(b" \t")
+            if not extension:
+                raise BadHead(400, "whitespace after chunk size")
+            if extension[:1] != b";":
+                raise BadHead(400, "bad chunk size")
+            control = _CTL.search(extension)
+            if control is not None:
+                raise BadHead(400, f"control character 0x{control.group()[0]:02X} in chunk extension")
+        return size
+
+
+def _check_trailer(line: bytes) -> None:
+    """
+    Refuse a trailer field line (CRLF stripped) that is not C{token ":" value}.
+    """
+    if line[:1] in (b" ", b"\t"):
+        raise BadHead(400, "obs-fold (line folding) in chunked trailer")
+    field = _TRAILER_FIELD.fullmatch(line)
+    if field is None:
+        name, colon, _ = line.partition(b":")
+        if not colon:
+            raise BadHead(400, "chunked trailer line without a colon")
+        if not name:
+            raise BadHead(400, "empty chunked trailer name")
+        if name.rstrip(b" \t") != name:
+            raise BadHead(400, "whitespace before colon in chunked trailer name")
+        raise BadHead(400, "chunked trailer name is not a token")
+    control = _CTL.search(field.group(2))
+    if control is not None:
+        raise BadHead(400, f"control character 0x{control.group()[0]:02X} in chunked trailer")
+    if field.group(1).lower() in _FRAMING_FIELDS:
+        raise BadHead(400, "request smuggling: framing field in chunked trailer")

@@ -277,13 +277,16 @@ def _tokens(value: bytes) -> set[bytes]:
 
 def wants_upgrade(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     """
-    Whether a request asks to switch protocols (WebSocket): an C{Upgrade}
-    header and C{upgrade} among the C{Connection} tokens.
+    Whether a request asks to switch to WebSocket: C{Upgrade: websocket}
+    and C{upgrade} among the C{Connection} tokens. Other upgrades (C{h2c}
+    above all) are not carried: after a 101 the bytes would pass unchecked,
+    and a second request inside them would escape the allowed hosts and
+    paths. Their C{Upgrade} header is dropped as hop-by-hop.
     """
     upgrade = connection = False
     for name, value in headers:
-        if name == b"upgrade" and value.strip():
-            upgrade = True
+        if name == b"upgrade":
+            upgrade = _tokens(value) == {b"websocket"}
         elif name == b"connection" and b"upgrade" in _tokens(value):
             connection = True
     return upgrade and connection

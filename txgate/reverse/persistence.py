@@ -20,7 +20,6 @@ creates the shared key file.
 from __future__ import annotations
 
 import base64
-import binascii
 import errno
 import hashlib
 import hmac
@@ -29,7 +28,7 @@ import os
 import secrets
 import stat
 from collections import OrderedDict
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import attrs
 
@@ -130,26 +129,13 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def _unb64(text: str) -> bytes | None:
-    """Strict unpadded base64url: C{None} for any other alphabet or a non-canonical encoding."""
-    raw = text.encode("ascii")  # caller checked it is ASCII
-    if not raw or not _B64URL.issuperset(raw) or len(raw) % 4 == 1:
-        return None
-    try:
-        data = base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))
-    except (binascii.Error, ValueError):
-        return None
-    if _b64(data) != text:
-        return None
-    return data
-
-
 class CookieSigner:
     """
-    Issues and reads the active-cookie tokens: C{<base64url key>.<base64url
-    tag>}, where the tag is the first L{TAG_SIZE} bytes of HMAC-SHA256 over
-    the server key. Only characters a cookie value may hold unquoted
-    (letters, digits, C{-}, C{_}, C{.}).
+    Issues and reads the active-cookie tokens: the first L{TAG_SIZE} bytes
+    of HMAC-SHA256 over the server key, base64url. Opaque, so a cookie does
+    not tell internet clients the real servers' internal addresses; only
+    characters a cookie value may hold unquoted (letters, digits, C{-},
+    C{_}).
 
     Deterministic: the same key and server give the same token on every
     node, so tokens issued by one node are honoured by the others.
@@ -159,36 +145,30 @@ class CookieSigner:
         if len(key) < 16:
             raise ValueError(f"persistence key too short ({len(key)} bytes, 16 at least)")
         self._key = bytes(key)
-
-    def _tag(self, server: bytes) -> bytes:
-        return hmac.new(self._key, _DOMAIN + server, hashlib.sha256).digest()[:TAG_SIZE]
+        self._tokens: dict[str, str] = {}
+        """The token of each server key met so far (the configured ones)."""
 
     def issue(self, server_key: str) -> str:
         """The cookie value naming C{server_key}."""
-        raw = server_key.encode("utf-8")
-        return f"{_b64(raw)}.{_b64(self._tag(raw))}"
+        token = self._tokens.get(server_key)
+        if token is None:
+            tag = hmac.new(self._key, _DOMAIN + server_key.encode("utf-8"), hashlib.sha256).digest()[:TAG_SIZE]
+            token = self._tokens[server_key] = _b64(tag)
+        return token
 
-    def server_of(self, token: str | None) -> str | None:
+    def server_of(self, token: str | None, server_keys: Iterable[str]) -> str | None:
         """
-        The server key C{token} names, or C{None} when it is malformed,
-        forged, truncated or made with another key. Never raises: a cookie
-        is whatever a client sent.
+        Which of C{server_keys} C{token} names, or C{None} when none: a
+        malformed, forged or truncated token, one made with another key, or
+        one for a server no longer configured. Never raises: a cookie is
+        whatever a client sent.
         """
-        try:
-            if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH or not token.isascii():
-                return None
-            body, dot, tag_text = token.partition(".")
-            if not dot:
-                return None
-            raw = _unb64(body)
-            tag = _unb64(tag_text)
-            if raw is None or tag is None or len(tag) != TAG_SIZE:
-                return None
-            if not hmac.compare_digest(tag, self._tag(raw)):
-                return None
-            return raw.decode("utf-8")
-        except (ValueError, UnicodeError):
+        if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH or not token.isascii():
             return None
+        for key in server_keys:
+            if hmac.compare_digest(self.issue(key), token):
+                return key
+        return None
 
 
 _UNIT = 1.0 / (1 << 53)
@@ -272,7 +252,7 @@ class CookiePersistence:
             (see L{txgate.reverse.headers.cookie_value}).
         """
         if cookie is not None:
-            key = self.signer.server_of(cookie)
+            key = self.signer.server_of(cookie, (s.key for s in servers))
             if key is not None:
                 server = _up(key, servers)
                 if server is not None:
