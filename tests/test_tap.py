@@ -57,14 +57,14 @@ class MakeServiceTests(SynchronousTestCase):
         self.stderr = io.StringIO()
         self.patch(sys, "stderr", self.stderr)
 
-    def make(self, text: str | None) -> object:
+    def make(self, text: str | None, workers: str = "0") -> object:
         """Write C{text} (unless C{None}) as the config and call makeService on it."""
         path = os.path.join(self.dir, "forward.toml")
         if text is not None:
             with open(path, "w", encoding="utf-8") as f:
                 f.write(text)
         options = Options()
-        options.parseOptions(["forward", "--config", path])
+        options.parseOptions(["forward", "--config", path, "--workers", workers])
         return makeService(options)
 
     def assert_refused(self, text: str | None, error: str) -> None:
@@ -85,6 +85,27 @@ class MakeServiceTests(SynchronousTestCase):
             GOOD.format(dir=self.dir).replace('"explicit-http"', '"socks"'),
             'service[0].kind: expected one of "explicit-http", "transparent", "tcp-tunnel", "socks5", got "socks"',
         )
+
+    def test_workers(self) -> None:
+        """
+        C{--workers N} makes the main process's L{Supervisor} for N workers
+        (after checking the whole configuration); 0 the service itself.
+        """
+        from txgate.net.workers import Supervisor
+
+        service = self.make(GOOD.format(dir=self.dir), workers="3")
+        self.assertIsInstance(service, Supervisor)
+        self.assertEqual(service.count, 3)
+        self.assertEqual([listener.name for listener in service.listeners], ["explicit"])
+        self.assertRaises(SystemExit, self.make, GOOD.format(dir=self.dir).replace('"explicit-http"', '"x"'), "2")
+
+    def test_workers_option(self) -> None:
+        """C{--workers} defaults to the number of cores and takes 0 to 256."""
+        options = Options()
+        options.parseOptions(["forward"])
+        self.assertEqual(options.subOptions["workers"], os.cpu_count())
+        for bad in ("-1", "x", "257"):
+            self.assertRaises(usage.UsageError, Options().parseOptions, ["forward", "--workers", bad])
 
     def test_good_config(self) -> None:
         """A good config makes a L{ForwardService} with it, nothing on stderr."""

@@ -17,6 +17,8 @@ from typing import IO, Any, Callable
 from twisted.logger import ILogObserver, LogPublisher, Logger
 from zope.interface import implementer
 
+from txgate import metrics
+
 __all__ = ["AccessLog", "FIELDS", "format_text", "format_json", "FileAccessObserver"]
 
 FIELDS = (
@@ -122,6 +124,7 @@ class AccessLog:
         """
         Publish one transaction; C{fields} are those of L{FIELDS}.
         """
+        metrics.count_transaction(fields)
         self._log.info(
             "{method} {target} {status} {verdict} {reason}", **fields
         )

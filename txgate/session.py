@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import itertools
 import secrets
+from typing import Any
 
 import attrs
 
@@ -90,6 +91,8 @@ class Session:
     bytes_out: int = 0
     last_active: float = 0.0
     transactions: int = 0
+    terminate: Any = attrs.field(default=None, repr=False, eq=False)
+    """Ends the connection at once (the admin console's "terminate"); set by the service."""
 
     def next_transaction(self) -> int:
         """

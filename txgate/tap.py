@@ -31,7 +31,11 @@ class ForwardOptions(usage.Options):
     )
     optParameters = [
         ["config", "c", None, "The forward configuration file (TOML), e.g. etc/forward.toml."],
+        ["workers", "w", None, "Worker processes (default: one per core; 0: everything in this process)."],
     ]
+
+    def postOptions(self) -> None:
+        self["workers"] = _workers(self["workers"])
 
 
 class ReverseOptions(usage.Options):
@@ -45,11 +49,21 @@ class ReverseOptions(usage.Options):
     )
     optParameters = [
         ["config", "c", None, "The reverse configuration file (TOML), e.g. etc/reverse.toml."],
+        ["workers", "w", None, "Worker processes (default: one per core; 0: everything in this process)."],
     ]
 
     def postOptions(self) -> None:
         if not self["config"]:
             raise usage.UsageError("reverse mode needs --config (start from etc/reverse.toml)")
+        self["workers"] = _workers(self["workers"])
+
+
+def _workers(value: str | None) -> int:
+    if value is None:
+        return os.cpu_count() or 1
+    if not value.isdigit() or int(value) > 256:
+        raise usage.UsageError(f"--workers takes a number from 0 to 256, not {value!r}")
+    return int(value)
 
 
 class Options(usage.Options):
@@ -81,6 +95,7 @@ class Prepared:
     categories: Any
     realms: Mapping[str, Any]
     keyring: Any = None
+    admin_token: str | None = None
 
 
 def environment_of(config: Config) -> tuple[PolicyEnvironment, Any]:
@@ -108,6 +123,7 @@ def prepare(config: Config, create_keyring: bool = True) -> Prepared:
     @raise ConfigErrors: naming the file and key (or line) of each problem.
     """
     from txgate.auth import load_realms
+    from txgate.net.operations import load_admin_token
     from txgate.net.service import load_policy
     from txgate.plugins import discover
 
@@ -127,7 +143,8 @@ def prepare(config: Config, create_keyring: bool = True) -> Prepared:
         keyring = _keyring(config, create_keyring)
     except ConfigError as e:
         raise ConfigErrors((e,)) from None
-    return Prepared(config, registry, policy, environment, categories, realms, keyring)
+    admin_token = load_admin_token(config.admin.token_file) if config.admin.listen else None
+    return Prepared(config, registry, policy, environment, categories, realms, keyring, admin_token)
 
 
 def _keyring(config: Config, create: bool) -> Any:
@@ -142,21 +159,28 @@ def _keyring(config: Config, create: bool) -> Any:
     return keyring_for(config, datetime.datetime.now(datetime.timezone.utc))
 
 
-def makeService(options: Options) -> Any:
-    from twisted.internet import reactor
+def build_service(mode: str, path: str | None, reactor: Any, running: Any = None) -> Any:
+    """
+    The service of C{mode} for the configuration at C{path} (the embedded
+    defaults for forward mode without one), run alone or as a worker.
+
+    @raise ConfigErrors: the configuration is refused.
+    """
+    from txgate.net.operations import Running
+
+    running = running or Running()
+    if mode == "reverse":
+        from txgate.config import load_reverse_config
+        from txgate.net.reverseservice import ReverseService, prepare_reverse
+
+        assert path is not None
+        return ReverseService(prepare_reverse(load_reverse_config(path)), reactor, running)
     from twisted.logger import Logger
 
     from txgate.net.service import ForwardService
 
-    sub = options.subOptions
-    if options.subCommand == "reverse":
-        return _reverse_service(sub["config"], reactor)
-    try:
-        config = load_config(sub["config"]) if sub["config"] else load_default_config()
-        prepared = prepare(config)
-    except ConfigErrors as e:
-        sys.stderr.write(f"txgate: refusing to start:\n{e}\n")
-        raise SystemExit(1) from None
+    config = load_config(path) if path else load_default_config()
+    prepared = prepare(config)
     log = Logger(namespace="txgate")
     for failure in prepared.registry.failures:
         log.error(
@@ -165,16 +189,66 @@ def makeService(options: Options) -> Any:
             origin=failure.origin,
             error=failure.error,
         )
-    return ForwardService(prepared, reactor)
+    return ForwardService(prepared, reactor, running)
 
 
-def _reverse_service(path: str, reactor: Any) -> Any:
-    from txgate.config import load_reverse_config
-    from txgate.net.reverseservice import ReverseService, prepare_reverse
+def makeService(options: Options) -> Any:
+    from twisted.internet import reactor
 
+    mode = options.subCommand
+    sub = options.subOptions
+    path = sub["config"]
     try:
-        prepared = prepare_reverse(load_reverse_config(path))
+        if sub["workers"] == 0:
+            return build_service(mode, path, reactor)
+        return _supervisor(mode, path, sub["workers"], reactor)
     except ConfigErrors as e:
         sys.stderr.write(f"txgate: refusing to start:\n{e}\n")
         raise SystemExit(1) from None
-    return ReverseService(prepared, reactor)
+
+
+def _supervisor(mode: str, path: str | None, workers: int, reactor: Any) -> Any:
+    """
+    The main process of C{--workers N}: everything is validated (and the
+    keyring and persistence key created) here first, so workers start on
+    a configuration known to be good.
+    """
+    from txgate.net.workers import Listener, Supervisor, worker_argv
+
+    if mode == "reverse":
+        from txgate.config import load_reverse_config
+        from txgate.net.operations import load_admin_token
+        from txgate.net.reverseservice import prepare_reverse
+
+        assert path is not None
+        reverse = prepare_reverse(load_reverse_config(path)).config
+        listeners = [Listener(v.name, v.kind, v.listen) for v in reverse.virtual_services]
+        token = load_admin_token(reverse.admin.token_file) if reverse.admin.listen else None
+
+        def check_reverse() -> dict[str, Any]:
+            return {"ok": True, "message": "reverse mode has no policy to reload; restart to apply configuration changes"}
+
+        return Supervisor(
+            reactor, workers, worker_argv(mode, path), listeners, reverse.txgate.state_dir,
+            reverse.txgate.drain_timeout, reverse.admin, token, check_reverse,
+        )
+    config = load_config(path) if path else load_default_config()
+    prepared = prepare(config)
+    listeners = [Listener(s.name, s.kind, s.listen) for s in config.services]
+    if config.ssl.crl_listen and prepared.keyring is not None:
+        listeners.append(Listener("crl_listen", "crl", config.ssl.crl_listen))
+
+    def check_forward() -> dict[str, Any]:
+        from txgate.net.service import load_policy
+
+        try:
+            fresh = load_config(path) if path else load_default_config()
+            load_policy(fresh, prepared.registry, environment_of(fresh)[0])
+        except (ConfigError, ConfigErrors) as e:
+            return {"ok": False, "message": str(e)}
+        return {"ok": True, "message": "policy checked; workers reloading"}
+
+    return Supervisor(
+        reactor, workers, worker_argv(mode, path), listeners, config.txgate.state_dir,
+        config.txgate.drain_timeout, config.admin, prepared.admin_token, check_forward,
+    )

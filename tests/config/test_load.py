@@ -290,7 +290,7 @@ class MistakeTests(SynchronousTestCase):
         config = parse_config(
             _service("a", listen="tcp:8080:interface=127.0.0.1")
             + _service("b", listen="tcp:8080:interface=127.0.0.2")
-            + _service("c", listen="tcp:8081:interface=127.0.0.1"),
+            + _service("c", listen="tcp:8082:interface=127.0.0.1"),
             PATH,
         )
         self.assertEqual([s.name for s in config.services], ["a", "b", "c"])
@@ -465,3 +465,30 @@ class NoReactorTests(SynchronousTestCase):
             [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
         )
         self.assertEqual((result.returncode, result.stdout.strip()), (0, "False"), msg=result.stderr)
+
+
+class AdminSectionTests(SynchronousTestCase):
+    """C{[admin]}: the admin console's listener and its token."""
+
+    def test_default(self) -> None:
+        config = parse_config(_service(), PATH)
+        self.assertEqual(config.admin.listen, "tcp:8081:interface=127.0.0.1")
+        self.assertEqual(config.admin.token_file, "")
+
+    def test_off(self) -> None:
+        config = parse_config('[admin]\nlisten = ""\n' + _service(listen="tcp:8081:interface=127.0.0.1"), PATH)
+        self.assertEqual(config.admin.listen, "")
+
+    def test_beyond_loopback_needs_a_token(self) -> None:
+        for listen in ("tcp:8081", "tcp:8081:interface=0.0.0.0", "tcp:8081:interface=192.0.2.1"):
+            with self.assertRaises(ConfigErrors) as caught:
+                parse_config(f'[admin]\nlisten = "{listen}"\n' + _service(), PATH)
+            (error,) = caught.exception.errors
+            self.assertEqual(error.key, "admin.token_file")
+        config = parse_config('[admin]\nlisten = "tcp:8081"\ntoken_file = "admin.token"\n' + _service(), PATH)
+        self.assertEqual(config.admin.token_file, "admin.token")
+
+    def test_overlap_with_a_service(self) -> None:
+        with self.assertRaises(ConfigErrors) as caught:
+            parse_config(_service(listen="tcp:8081:interface=127.0.0.1"), PATH)
+        self.assertIn("overlaps", str(caught.exception))

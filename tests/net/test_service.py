@@ -81,12 +81,15 @@ class ForwardServiceTests(SynchronousTestCase):
         self.assertTrue(os.path.isfile(os.path.join(self.dir, "log", "access.log")))
 
     def test_listens_on_each_service(self) -> None:
-        """Each service listens on its endpoint and logs a C{listening:} line with its address."""
+        """
+        Each service listens on its endpoint and logs a C{listening:} line
+        with its address; so does the admin console, on loopback by default.
+        """
         self.service.startService()
         self.addCleanup(self.service.stopService)
         self.assertEqual(
             [(port, interface) for port, _, _, interface in self.reactor.tcpServers],
-            [(8080, "127.0.0.1"), (8443, "::1")],
+            [(8080, "127.0.0.1"), (8443, "::1"), (8081, "127.0.0.1")],
         )
         lines = [formatEvent(e) for e in self.logged.events if e.get("log_format", "").startswith("listening:")]
         self.assertEqual(
@@ -96,6 +99,7 @@ class ForwardServiceTests(SynchronousTestCase):
                 # reactor reports the interface bound.
                 "listening: service=v4 kind=explicit-http address=0.0.0.0:8080",
                 "listening: service=v6 kind=explicit-http address=[::1]:8443",
+                "listening: service=admin kind=admin address=0.0.0.0:8081",
             ],
         )
 

@@ -305,7 +305,7 @@ class OCSPTests(_Base):
         self.assertEqual(response.serial_number, leaf.serial_number)
         self.assertEqual(response.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce, nonce)
         self.assertEqual(response.this_update_utc, NOW.replace(microsecond=0))
-        self.assertEqual(authority.ocsp_answers, 1)
+        self.assertEqual(authority.ocsp_answers, {"good": 1})
 
     def test_unknown(self) -> None:
         """A serial txgate did not issue is C{unknown}."""

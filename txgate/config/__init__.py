@@ -10,6 +10,7 @@ from txgate.config._files import read_text
 from txgate.config._load import load_config, load_default_config, parse_config
 from txgate.config._model import (
     SERVICE_KINDS,
+    AdminConfig,
     Config,
     HealthCheckConfig,
     LogsConfig,
@@ -25,6 +26,7 @@ from txgate.config._model import (
 from txgate.config._reverse import load_reverse_config, parse_reverse_config
 
 __all__ = [
+    "AdminConfig",
     "Config",
     "HealthCheckConfig",
     "LogsConfig",

@@ -23,6 +23,7 @@ from twisted.internet.endpoints import serverFromString
 
 from txgate.config._files import read_text
 from txgate.config._model import (
+    AdminConfig,
     DEFAULT_CLIENTS,
     SERVICE_KINDS,
     Config,
@@ -175,6 +176,7 @@ _TXGATE_KEYS: dict[str, Callable[[Any], Any]] = {
     "default_policy": _choice("allow", "deny"),
     "required_plugins": _strings,
     "categories": _strings,
+    "drain_timeout": _seconds,
 }
 
 _SERVICE_KEYS: dict[str, Callable[[Any], Any]] = {
@@ -264,6 +266,37 @@ _SSL_KEYS: dict[str, Callable[[Any], Any]] = {
     "upstream_revocation": _choice("off", "soft-fail", "hard-fail"),
     "crl_listen": _optional_endpoint,
 }
+
+
+_ADMIN_KEYS: dict[str, Callable[[Any], Any]] = {
+    "listen": _optional_endpoint,
+    "token_file": _string,
+    "refresh": _seconds,
+}
+
+_LOOPBACK = ("127.", "::1", "localhost")
+
+
+def _admin(errors: "_Collector", raw: Any) -> AdminConfig:
+    """
+    The C{[admin]} section. A listener others can reach needs a token file:
+    the admin console can end sessions and reload policy.
+    """
+    admin = AdminConfig(**errors.table("admin", raw, _ADMIN_KEYS))
+    if admin.listen and not admin.token_file:
+        try:
+            found = _describe_listener(admin.listen)
+        except Exception:
+            return admin  # the bad endpoint string is reported on its own
+        if found is not None and found[0] == "tcp" and not str(found[1]).startswith(_LOOPBACK):
+            errors.add(
+                "admin.token_file",
+                f"required when the admin service listens beyond loopback ({admin.listen!r}):"
+                " a file holding the bearer token",
+            )
+    if admin.refresh < 1:
+        errors.add("admin.refresh", f"expected at least 1 second, got {admin.refresh:g}")
+    return admin
 
 
 def _ssl(errors: "_Collector", raw: Any, services: list[tuple[str, ServiceConfig]]) -> SSLConfig:
@@ -396,8 +429,8 @@ def parse_config(text: str, path: str) -> Config:
         ) from None
     errors = _Collector(path)
     for key in document:
-        if key not in ("txgate", "service", "realm", "ssl"):
-            errors.add(key, "unknown section (known: txgate, service, realm, ssl)")
+        if key not in ("txgate", "service", "realm", "ssl", "admin"):
+            errors.add(key, "unknown section (known: txgate, service, realm, ssl, admin)")
     txgate = TxgateConfig(**errors.table("txgate", document.get("txgate", {}), _TXGATE_KEYS))
 
     services = []
@@ -424,12 +457,17 @@ def parse_config(text: str, path: str) -> Config:
     listeners = [(f"{prefix}.listen", service.listen) for prefix, service in services]
     if ssl.crl_listen:
         listeners.append(("ssl.crl_listen", ssl.crl_listen))
+    admin = _admin(errors, document.get("admin", {}))
+    if admin.listen:
+        listeners.append(("admin.listen", admin.listen))
     _check_overlaps(errors, listeners)
     realms = _realms(errors, document.get("realm", {}))
     _check_service_realms(errors, services, realms, document.get("realm", {}))
     if errors.errors:
         raise ConfigErrors(tuple(errors.errors))
-    return Config(path=path, txgate=txgate, services=tuple(s for _, s in services), realms=realms, ssl=ssl)
+    return Config(
+        path=path, txgate=txgate, services=tuple(s for _, s in services), realms=realms, ssl=ssl, admin=admin
+    )
 
 
 def load_config(path: str) -> Config:

@@ -41,6 +41,24 @@ class TxgateConfig:
     default_policy: str = "allow"
     required_plugins: tuple[str, ...] = ()
     categories: tuple[str, ...] = ()
+    drain_timeout: float = 30.0
+
+
+@attrs.frozen
+class AdminConfig:
+    """
+    The C{[admin]} section: the admin console and its JSON API.
+
+    @ivar listen: an endpoint string; C{""} turns the admin service off.
+    @ivar token_file: a file holding the bearer token every request from a
+        non-loopback address must carry; required when C{listen} is not
+        loopback-only.
+    @ivar refresh: seconds after which the HTML pages reload themselves.
+    """
+
+    listen: str = "tcp:8081:interface=127.0.0.1"
+    token_file: str = ""
+    refresh: float = 5.0
 
 
 @attrs.frozen
@@ -123,6 +141,7 @@ class Config:
     services: tuple[ServiceConfig, ...]
     realms: Mapping[str, RealmConfig] = attrs.field(factory=dict)
     ssl: SSLConfig = SSLConfig()
+    admin: AdminConfig = AdminConfig()
 
 
 # -- reverse mode ----------------------------------------------------------------
@@ -230,3 +249,4 @@ class ReverseConfig:
     txgate: TxgateConfig
     virtual_services: tuple[VirtualServiceConfig, ...]
     logs: LogsConfig = LogsConfig()
+    admin: AdminConfig = AdminConfig()

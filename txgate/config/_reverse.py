@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from txgate.config._files import read_text
 from txgate.config._load import (
+    _admin,
     _Bad,
     _boolean,
     _ca_bundle,
@@ -47,11 +48,12 @@ from txgate.reverse.allowed import HostRules, PathRules
 
 __all__ = ["parse_reverse_config", "load_reverse_config"]
 
-_SECTIONS = ("txgate", "logs", "virtual_service")
+_SECTIONS = ("txgate", "logs", "virtual_service", "admin")
 
 _TXGATE_KEYS: dict[str, Callable[[Any], Any]] = {
     "state_dir": _string,
     "plugin_path": _strings,
+    "drain_timeout": _seconds,
 }
 
 _LOGS_KEYS: dict[str, Callable[[Any], Any]] = {
@@ -238,10 +240,16 @@ def parse_reverse_config(text: str, path: str) -> ReverseConfig:
         if service is not None:
             services.append((prefix, service))
     _check_unique_names(errors, services)  # type: ignore[arg-type]
-    _check_overlaps(errors, [(f"{prefix}.listen", s.listen) for prefix, s in services])
+    listeners = [(f"{prefix}.listen", s.listen) for prefix, s in services]
+    admin = _admin(errors, document.get("admin", {}))
+    if admin.listen:
+        listeners.append(("admin.listen", admin.listen))
+    _check_overlaps(errors, listeners)
     if errors.errors:
         raise ConfigErrors(tuple(errors.errors))
-    return ReverseConfig(path=path, txgate=txgate, virtual_services=tuple(s for _, s in services), logs=logs)
+    return ReverseConfig(
+        path=path, txgate=txgate, virtual_services=tuple(s for _, s in services), logs=logs, admin=admin
+    )
 
 
 def load_reverse_config(path: str) -> ReverseConfig:

@@ -41,6 +41,7 @@ from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txgate import metrics
 from txgate.detect.tls import parse_client_hello
 from txgate.interception import (
     Mode,
@@ -56,7 +57,7 @@ from txgate.net.upstream import Upstream
 from txgate.pki import revocation
 from txgate.pki.mint import LeafCache, LeafTemplate, template_from_upstream
 
-__all__ = ["SSLInterceptor", "InterceptionFailed", "TLSUpstream", "Decrypted"]
+__all__ = ["SSLInterceptor", "InterceptionFailed", "TLSUpstream", "Decrypted", "interception_cache"]
 
 HANDSHAKE_TIMEOUT = 30.0
 """Seconds the upstream TLS handshake may take before the client is told no."""
@@ -98,6 +99,7 @@ class TLSUpstream(Upstream):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         d, self.handshake = self.handshake, None
         if d is not None:
+            metrics.tls_handshake_failed("upstream", reason)
             d.errback(InterceptionFailed(f"upstream TLS handshake failed: {describe_tls_failure(reason)}"))
         super().connectionLost(reason)
 
@@ -156,6 +158,7 @@ class Decrypted(Delegating):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         if self._delegate is None:
+            metrics.tls_handshake_failed("client", reason)
             self._failed(f"client TLS handshake failed: {describe_tls_failure(reason)}")
             return
         super().connectionLost(reason)
@@ -376,10 +379,19 @@ class _Interception:
             minted = authority.mint(template, key_type, untrusted=untrusted)
             return _server_context(minted, authority.leaf_key(key_type))
 
-        return self.contexts.get_or_mint(template, key_type, make, untrusted=untrusted)
+        misses = self.contexts.misses
+        context = self.contexts.get_or_mint(template, key_type, make, untrusted=untrusted)
+        metrics.certificate_lookup(self.contexts.misses == misses)
+        return context
 
 
 _states: "weakref.WeakKeyDictionary[Any, _Interception]" = weakref.WeakKeyDictionary()
+
+
+def interception_cache(authority: Any) -> LeafCache[SSL.Context] | None:
+    """The minted-certificate cache of C{authority}'s interception, once it intercepted."""
+    state = _states.get(authority)
+    return state.contexts if state is not None else None
 
 
 def interception_state(settings: Any) -> _Interception:
@@ -388,6 +400,16 @@ def interception_state(settings: Any) -> _Interception:
     if state is None:
         state = _states[settings.authority] = _Interception(settings.ssl, settings.authority, settings.reactor)
     return state
+
+
+def interception_cache(authority: Any) -> LeafCache[SSL.Context] | None:
+    """
+    The minted-certificate cache of C{authority}'s interception (its size,
+    C{hits} and C{misses} are the admin console's), or C{None} while nothing
+    has been intercepted.
+    """
+    state = _states.get(authority)
+    return state.contexts if state is not None else None
 
 
 @implementer(IPlugin, IInterceptor)
@@ -431,6 +453,7 @@ class SSLInterceptor:
         connection = upstream.transport.getHandle()  # type: ignore[union-attr]
         leaf = connection.get_peer_certificate(as_cryptography=True)
         if leaf is None:
+            metrics.tls_handshake_failed("upstream", metrics.HandshakeFailure.UPSTREAM_FAILED)
             upstream.transport.loseConnection()  # type: ignore[union-attr]
             raise InterceptionFailed("upstream sent no certificate")
         destination = session.destination
@@ -460,6 +483,7 @@ class SSLInterceptor:
         template = template_from_upstream(leaf, now=now)
         untrusted = False
         if problem is not None:
+            metrics.tls_handshake_failed("upstream", metrics.HandshakeFailure.UNTRUSTED_UPSTREAM)
             untrusted = bool(request.decision.properties.get("server.certificate.validate", True))
             if not untrusted:
                 template = vouched_template(template, name, now)

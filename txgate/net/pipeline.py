@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txgate import metrics
 from txgate.acl import parse_address
 from txgate.detection import UNKNOWN, detect
 from txgate.errors import PeerProtocolError
@@ -209,6 +210,7 @@ class Pipeline(Protocol):
             if self._inside is not None and reason is not None and reason.check(SSL.Error):
                 # TLS 1.3: the client checks the emulated certificate after
                 # txgate's side of the handshake is done.
+                metrics.tls_handshake_failed("client", reason)
                 self._finished(f"client TLS handshake failed: {describe_tls_failure(reason)}")
             else:
                 self._finished("client closed before its protocol was detected")
@@ -266,6 +268,7 @@ class Pipeline(Protocol):
             facts.update(settings.facts_for(session.destination.host))
         decision = settings.policy.decide(Checkpoint.CONNECTION, session, facts)
         session.client_protocol = name.carried
+        metrics.count_protocol(name.carried)
         if decision.properties.get("access_log") is False:
             self.quiet = True
         if not decision.allow:

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txgate import metrics
 from txgate.config import VirtualServiceConfig
 from txgate.http.proxying import RETRYABLE, as_bytes
 from txgate.net.idle import IdleWatch
@@ -157,6 +158,8 @@ class VirtualService:
         self.proto = "https" if config.certificates else "http"
         self.connections = 0
         self.requests = 0
+        self.clients: set[Any] = set()
+        """The open client connections (to end them when draining runs out of time)."""
 
     def now(self) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(self.reactor.seconds(), datetime.timezone.utc)
@@ -198,6 +201,7 @@ class ReverseProxy(Protocol):
         no_delay(self.transport)
         service = self.service
         service.connections += 1
+        service.clients.add(self)
         clock = service.reactor
         self._opened = clock.seconds()
         self.bytes_in = 0
@@ -315,6 +319,7 @@ class ReverseProxy(Protocol):
         self._stop_head_timer()
         service = self.service
         service.connections -= 1
+        service.clients.discard(self)
         if self._exchange is not None:
             self._exchange.client_lost(reason)
         if self._tunnel is not None:
@@ -611,6 +616,7 @@ class _Exchange:
         self._registered = False
         self._upgrade = wants_upgrade(request.headers)
         self._status: int | None = None
+        self._began = proxy.service.reactor.seconds()
         self._body_watch: IdleWatch | None = None
         names = [n for n, _ in request.headers]
         self.chunked = b"transfer-encoding" in names
@@ -887,6 +893,10 @@ class _Exchange:
             self._body_watch = None
         if self._started:
             self._backend.state.active -= 1
+            service = self._proxy.service
+            metrics.reverse_request(
+                service.config.name, self._backend.state.key, self._status, service.reactor.seconds() - self._began
+            )
 
     def _user_log(self) -> None:
         proxy = self._proxy
@@ -910,6 +920,7 @@ class _Exchange:
 
     def _fail(self, status: int, reason: str) -> None:
         """No response came from the real server: answer C{status} and log why."""
+        self._status = status
         self._done()
         self._log.warn(
             "{service}: {client} {method} {target}: {reason}",

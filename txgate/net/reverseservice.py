@@ -12,14 +12,17 @@ from typing import Any
 import attrs
 from twisted.application.service import MultiService
 from twisted.internet.defer import gatherResults
-from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
+from txgate import metrics
+from txgate.admin.source import LocalSource
 from txgate.config import ReverseConfig, VirtualServiceConfig
 from txgate.errors import ConfigError, ConfigErrors
 from txgate.net.healthcheck import HealthChecker
+from txgate.net.listeners import listen
+from txgate.net.operations import Running, drain, load_admin_token, start_admin
 from txgate.net.realservers import client_tls
 from txgate.net.reverse import EspLogs, ReverseProxyFactory, VirtualService
 from txgate.net.service import describe_address
@@ -43,6 +46,7 @@ class PreparedReverse:
     config: ReverseConfig
     signer: CookieSigner | None
     server_tls: dict[str, SNIServerTLS]
+    admin_token: str | None = None
 
 
 def prepare_reverse(config: ReverseConfig, create_key: bool = True) -> PreparedReverse:
@@ -75,9 +79,15 @@ def prepare_reverse(config: ReverseConfig, create_key: bool = True) -> PreparedR
             signer = CookieSigner(load_or_create_key(key))
         except ConfigError as e:
             errors.append(e)
+    token = None
+    if config.admin.listen:
+        try:
+            token = load_admin_token(config.admin.token_file)
+        except ConfigErrors as e:
+            errors.extend(e.errors)
     if errors:
         raise ConfigErrors(tuple(errors))
-    return PreparedReverse(config, signer, server_tls)
+    return PreparedReverse(config, signer, server_tls, token)
 
 
 class ReverseService(MultiService):
@@ -85,9 +95,10 @@ class ReverseService(MultiService):
 
     _log = Logger()
 
-    def __init__(self, prepared: PreparedReverse, reactor: Any) -> None:
+    def __init__(self, prepared: PreparedReverse, reactor: Any, running: Running = Running()) -> None:
         super().__init__()
         self.reactor = reactor
+        self.run_as = running
         self.prepared = prepared
         logs = prepared.config.logs
         self.logs = EspLogs(logs.connection_log, logs.security_log, logs.user_log)
@@ -129,6 +140,7 @@ class ReverseService(MultiService):
         return checkers
 
     def _health_changed(self, name: str, state: RealServer, up: bool, detail: str) -> None:
+        metrics.set_realserver_up(name, state.key, up)
         if up:
             self._log.info("real server {key} of {service} is Up: {detail}", key=state.key, service=name, detail=detail)
         else:
@@ -154,17 +166,36 @@ class ReverseService(MultiService):
         for service in self.virtual_services:
             config = service.config
             try:
-                endpoint = serverFromString(self.reactor, config.listen)
+                d = listen(self.reactor, config.listen, self._factory(service), self.run_as.adopted.get(config.name))
             except Exception as e:
                 self._listen_failed(Failure(e), config)
                 continue
-            d = endpoint.listen(self._factory(service))
             d.addCallbacks(self._listening, self._listen_failed, (config,), None, (config,))
         for checker in self.checkers:
             checker.start()
+        admin = self.prepared.config.admin
+        admin_config = VirtualServiceConfig(name="admin", listen=admin.listen, allowed_hosts=(), real_servers=())
+        start_admin(
+            self.reactor,
+            self.run_as,
+            admin.listen,
+            LocalSource(self, self.run_as.worker, self.reactor, self.reload),
+            self.prepared.admin_token,
+            admin.refresh,
+            lambda port: self._admin_listening(port),
+            lambda failure: self._listen_failed(failure, admin_config),
+        )
+
+    def _admin_listening(self, port: Any) -> None:
+        self._log.info("listening: service=admin kind=admin address={address}", address=describe_address(port.getHost()))
+
+    def reload(self) -> dict[str, Any]:
+        return {"ok": True, "message": "reverse mode has no policy to reload; restart to apply configuration changes"}
 
     def _listening(self, port: Any, config: VirtualServiceConfig) -> None:
         self.ports[config.name] = port
+        if self.run_as.worker:
+            return  # the main process bound it, and said so
         address = describe_address(port.getHost())
         self._log.info(
             "listening: service={service} kind={kind} address={address}",
@@ -186,9 +217,19 @@ class ReverseService(MultiService):
         super().stopService()
         for checker in self.checkers:
             checker.stop()
-        for service in self.virtual_services:
-            for backend in service.backends:
-                backend.pool.close_all()
         waits = [port.stopListening() for port in self.ports.values()]
         self.ports.clear()
-        return gatherResults([w for w in waits if w is not None])
+
+        def live() -> int:
+            return sum(s.connections for s in self.virtual_services)
+
+        def end_all() -> None:
+            for service in self.virtual_services:
+                for client in list(service.clients):
+                    client.transport.abortConnection()
+
+        timeout = self.prepared.config.txgate.drain_timeout
+        d = gatherResults([w for w in waits if w is not None])
+        d.addCallback(lambda _: drain(self.reactor, live, timeout, end_all))
+        d.addCallback(lambda _: [b.pool.close_all() for s in self.virtual_services for b in s.backends])
+        return d

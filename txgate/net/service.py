@@ -6,6 +6,7 @@ C{[[service]]}, sharing the plugins, policy, upstream pool and access log.
 
 from __future__ import annotations
 
+import collections
 import datetime
 import os
 import signal
@@ -13,15 +14,20 @@ import sys
 from typing import IO, TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.defer import gatherResults
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txgate import metrics
 from txgate.accesslog import AccessLog, FileAccessObserver, format_json, format_text
 from txgate.config import Config, ServiceConfig
 from txgate.errors import ConfigError, ConfigErrors
 from txgate.interfaces import IPolicy, PolicyEnvironment
+from txgate.admin.source import LocalSource
 from txgate.net.explicit import ExplicitProxyFactory
+from txgate.net.intercept import interception_cache
+from txgate.net.listeners import listen
+from txgate.net.operations import Running, drain, start_admin
 from txgate.net.pipeline import PipelineSettings
 from txgate.net.pkiservice import authority_site
 from txgate.net.streams import StreamProxyFactory
@@ -80,12 +86,16 @@ class ForwardService(MultiService):
 
     _log = Logger()
 
-    def __init__(self, prepared: Prepared, reactor: Any) -> None:
+    def __init__(self, prepared: Prepared, reactor: Any, running: Running = Running()) -> None:
         """
         @param prepared: the configuration with everything it loaded
             (L{txgate.tap.prepare}).
+        @param running: alone, or as one of C{--workers}.
         """
         super().__init__()
+        self.run_as = running
+        self.admin_token = prepared.admin_token
+        self.transactions: collections.Counter[str] = collections.Counter()
         self.config = config = prepared.config
         self.registry = prepared.registry
         self.policy = LivePolicy(prepared.policy, trace=config.txgate.policy_trace)
@@ -103,7 +113,11 @@ class ForwardService(MultiService):
         self._access_file: IO[str] | None = None
         self._pools: list[UpstreamPool] = []
 
+    def _count_transaction(self, event: dict[str, Any]) -> None:
+        self.transactions[event.get("service", "")] += 1
+
     def _open_access_log(self) -> None:
+        self.access.publisher.addObserver(self._count_transaction)
         settings = self.config.txgate
         formatter = format_json if settings.access_log_format == "json" else format_text
         if settings.access_log == "-":
@@ -166,13 +180,7 @@ class ForwardService(MultiService):
         listen = self.config.ssl.crl_listen
         if listen:
             crl_service = ServiceConfig(name="crl_listen", kind="crl", listen=listen, clients=())
-            try:
-                endpoint = serverFromString(self.reactor, listen)
-            except Exception as e:
-                self._listen_failed(Failure(e), crl_service)
-                return
-            d = endpoint.listen(authority_site(authority))
-            d.addCallbacks(self._listening, self._listen_failed, (crl_service,), None, (crl_service,))
+            self._listen(crl_service, authority_site(authority))
 
     def reload_policy(self) -> bool:
         """
@@ -183,8 +191,59 @@ class ForwardService(MultiService):
         """
         return self.policy.reload(lambda: load_policy(self.config, self.registry, self.environment))
 
+    def reload(self) -> dict[str, Any]:
+        """What SIGHUP and the admin console's reload do."""
+        ok = self.reload_policy()
+        return {"ok": ok, "message": self.policy.last_reload.get("message", "")}
+
     def _sighup(self, signum: int, frame: Any) -> None:
         self.reactor.callFromThread(self.reload_policy)
+
+    def status(self) -> dict[str, Any]:
+        """The admin console's forward page (L{txgate.admin.source.IAdminSource.status})."""
+        services = []
+        for service in self.config.services:
+            factory = self.factories.get(service.name)
+            port = self.ports.get(service.name)
+            services.append(
+                {
+                    "name": service.name,
+                    "kind": service.kind,
+                    "listen": service.listen,
+                    "address": describe_address(port.getHost()) if port is not None else None,
+                    "sessions": len(factory.sessions) if factory is not None else 0,
+                    "transactions": self.transactions[service.name],
+                }
+            )
+        policy = self.policy
+        hits = getattr(policy, "hits", collections.Counter())
+        status: dict[str, Any] = {
+            "mode": "forward",
+            "services": services,
+            "protocols": dict(metrics.detected_protocols),
+            "policy": {
+                "file": self.config.txgate.policy,
+                "default": self.config.txgate.default_policy,
+                "last_reload": dict(getattr(policy, "last_reload", {"time": None, "ok": None, "message": ""})),
+                "rule_hits": [{"rule": rule, "hits": n} for rule, n in hits.most_common()],
+            },
+            "certificates": None,
+        }
+        authority = self.authority
+        if authority is not None:
+            crl = authority.crl()
+            cache = interception_cache(authority)
+            status["certificates"] = {
+                "issuer": authority.keyring.issuer_cert.subject.rfc4514_string(),
+                "crl_number": authority.crl_number(),
+                "crl_next_update": crl.next_update_utc.isoformat() if crl.next_update_utc else None,
+                "cache_size": len(cache) if cache is not None else 0,
+                "cache_capacity": self.config.ssl.cert_cache_size,
+                "cache_hits": cache.hits if cache is not None else 0,
+                "cache_misses": cache.misses if cache is not None else 0,
+                "ocsp": dict(getattr(authority, "ocsp_answers", {})),
+            }
+        return status
 
     def startService(self) -> None:
         super().startService()
@@ -200,16 +259,33 @@ class ForwardService(MultiService):
         for service in self.config.services:
             factory = self._factory(service)
             self.factories[service.name] = factory
-            try:
-                endpoint = serverFromString(self.reactor, service.listen)
-            except Exception as e:  # e.g. systemd: without the sockets systemd passes
-                self._listen_failed(Failure(e), service)
-                continue
-            d = endpoint.listen(factory)
-            d.addCallbacks(self._listening, self._listen_failed, (service,), None, (service,))
+            self._listen(service, factory)
+        admin = self.config.admin
+        source = LocalSource(self, self.run_as.worker, self.reactor, self.reload)
+        admin_service = ServiceConfig(name="admin", kind="admin", listen=admin.listen, clients=())
+        start_admin(
+            self.reactor,
+            self.run_as,
+            admin.listen,
+            source,
+            self.admin_token,
+            admin.refresh,
+            lambda port: self._listening(port, admin_service),
+            lambda failure: self._listen_failed(failure, admin_service),
+        )
+
+    def _listen(self, service: ServiceConfig, factory: Any) -> None:
+        try:
+            d = listen(self.reactor, service.listen, factory, self.run_as.adopted.get(service.name))
+        except Exception as e:  # e.g. systemd: without the sockets systemd passes
+            self._listen_failed(Failure(e), service)
+            return
+        d.addCallbacks(self._listening, self._listen_failed, (service,), None, (service,))
 
     def _listening(self, port: Any, service: ServiceConfig) -> None:
         self.ports[service.name] = port
+        if self.run_as.worker:
+            return  # the main process bound it, and said so
         self._log.info(
             "listening: service={service} kind={kind} address={address}",
             service=service.name,
@@ -240,11 +316,20 @@ class ForwardService(MultiService):
             self._previous_sighup = None
         if self._renewal is not None and self._renewal.active():
             self._renewal.cancel()
-        for pool in self._pools:
-            pool.close_all()
         waits = [port.stopListening() for port in self.ports.values()]
         self.ports.clear()
-        from twisted.internet.defer import gatherResults
 
-        return gatherResults([w for w in waits if w is not None])
+        def live() -> int:
+            return sum(len(f.sessions) for f in self.factories.values())
+
+        def end_all() -> None:
+            for factory in self.factories.values():
+                for session in list(factory.sessions.values()):
+                    if session.terminate is not None:
+                        session.terminate()
+
+        d = gatherResults([w for w in waits if w is not None])
+        d.addCallback(lambda _: drain(self.reactor, live, self.config.txgate.drain_timeout, end_all))
+        d.addCallback(lambda _: [pool.close_all() for pool in self._pools])
+        return d
 

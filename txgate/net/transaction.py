@@ -33,6 +33,7 @@ def open_session(factory: Any, client_protocol: str, transport: Any) -> Session:
         started=now,
         last_active=now,
         client_protocol=client_protocol,
+        terminate=transport.abortConnection,
     )
     factory.sessions[session.id] = session
     return session

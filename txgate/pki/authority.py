@@ -15,6 +15,7 @@ the revocation file changes.
 
 from __future__ import annotations
 
+import collections
 import datetime
 import os
 from typing import Any, Callable
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 
 from twisted.logger import Logger
 
+from txgate import metrics
 from txgate.config import Config, SSLConfig
 from txgate.errors import ConfigErrors
 from txgate.pki import keyring as keyrings
@@ -100,6 +102,8 @@ class Authority:
     @ivar crl_url: the CRL Distribution Point written into leaves, or C{None}.
     @ivar ocsp_url: the AIA OCSP URL written into leaves, or C{None}.
     @ivar ca_issuers_url: the AIA caIssuers URL (the issuer certificate).
+    @ivar ocsp_answers: OCSP answers given, by status (good, revoked,
+        unknown, unauthorized, malformed), for the admin console.
     """
 
     _log = Logger()
@@ -123,7 +127,7 @@ class Authority:
         self._crl: tuple[tuple[datetime.datetime, int], bytes] | None = None
         self.issuer_der = keyring.issuer_cert.public_bytes(serialization.Encoding.DER)
         self.minted = 0
-        self.ocsp_answers = 0
+        self.ocsp_answers: collections.Counter[str] = collections.Counter()
         # At start a bad revocation file is refused (ConfigErrors): starting
         # with none would turn revoked certificates good again.
         self._revocations = load_revocations(self._revoked_path)
@@ -223,8 +227,7 @@ class Authority:
     def ocsp(self, request_der: bytes) -> bytes:
         """The signed OCSP response to C{request_der}."""
         self.refresh()
-        self.ocsp_answers += 1
-        return answer_ocsp(
+        response = answer_ocsp(
             request_der,
             issuer_cert=self.keyring.issuer_cert,
             issuer_key=self.keyring.issuer_key,
@@ -232,6 +235,8 @@ class Authority:
             revoked=self._revocations.as_mapping(),
             now=self._clock(),
         )
+        metrics.count_ocsp(self.ocsp_answers, metrics.ocsp_status(response))
+        return response
 
     # -- HTTP --------------------------------------------------------------------
 
@@ -260,12 +265,14 @@ class Authority:
                 return _text(404, "the OCSP responder is turned off (ssl.ocsp)")
             if method == "POST" and path in (OCSP_PATH, OCSP_PATH + "/"):
                 if len(body) > MAX_OCSP_BODY:
+                    metrics.count_ocsp(self.ocsp_answers, "malformed")
                     return Answer(200, OCSP_RESPONSE_CONTENT_TYPE, malformed_response())
                 return Answer(200, OCSP_RESPONSE_CONTENT_TYPE, self.ocsp(body))
             if method == "GET":
                 try:
                     request = ocsp_request_from_get_path(path, OCSP_PATH + "/")
                 except ValueError:
+                    metrics.count_ocsp(self.ocsp_answers, "malformed")
                     return Answer(200, OCSP_RESPONSE_CONTENT_TYPE, malformed_response())
                 return Answer(200, OCSP_RESPONSE_CONTENT_TYPE, self.ocsp(request))
             return _text(405, f"{method} is not allowed here: POST or GET an OCSP request")

@@ -1,0 +1,3 @@
+"""
+Tests for L{txgate.admin}: the pure views and the twisted.web site.
+"""
