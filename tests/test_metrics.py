@@ -30,6 +30,7 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from tests.test_accesslog import RECORD as ACCESS_RECORD
 from txgate import metrics
 from txgate.accesslog import AccessLog
 from txgate.config import SSLConfig
@@ -82,25 +83,7 @@ class _Delta:
         return [value(name, **labels) - before for (name, labels), before in zip(self._wanted, self._before)]
 
 
-RECORD: dict[str, Any] = dict(
-    time=1795276800.25,
-    session="a1b2c3-7",
-    seq=2,
-    client="127.0.0.1:40000",
-    user="alice",
-    service="metrics-explicit",
-    client_protocol="http",
-    tunneled=False,
-    method="GET",
-    target="http://origin.test/",
-    status=200,
-    verdict="allow",
-    bytes_in=120,
-    bytes_out=5000,
-    duration_ms=12,
-    upstream="reused",
-    reason="",
-)
+RECORD: dict[str, Any] = dict(ACCESS_RECORD, service="metrics-explicit", target="http://origin.test/")
 
 
 class RenderTests(SynchronousTestCase):
