@@ -18,7 +18,7 @@ TRIAL_ARGS ?=
 # command:package pairs for `system-deps`; a package is installed when its
 # command is missing. nginx-light is the smallest build with ssl and sendfile.
 SYSTEM_DEPS := nginx:nginx-light curl:curl openssl:openssl socat:socat ps:procps unshare:util-linux \
-	ip:iproute2 iptables:iptables ip6tables:iptables sipp:sip-tester turnutils_uclient:coturn turnserver:coturn haproxy:haproxy
+	ip:iproute2 iptables:iptables ip6tables:iptables sipp:sip-tester turnutils_uclient:coturn turnserver:coturn haproxy:haproxy chromium:chromium
 
 .PHONY: all venv setup system-deps run test clean bench-policy bench-intercept bench-reverse
 
