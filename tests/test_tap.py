@@ -99,6 +99,17 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual([listener.name for listener in service.listeners], ["explicit"])
         self.assertRaises(SystemExit, self.make, GOOD.format(dir=self.dir).replace('"explicit-http"', '"x"'), "2")
 
+    def test_workers_state_dir_too_long(self) -> None:
+        """
+        With workers, a state_dir too long for the control sockets' UNIX
+        paths is refused up front, naming the key.
+        """
+        long_dir = os.path.join(self.dir, "s" * 120)
+        text = GOOD.format(dir=self.dir).replace(f'state_dir = "{self.dir}/var"', f'state_dir = "{long_dir}"')
+        exit = self.assertRaises(SystemExit, self.make, text, "2")
+        self.assertEqual(exit.code, 1)
+        self.assertIn("txgate.state_dir: too long for --workers", self.stderr.getvalue())
+
     def test_workers_option(self) -> None:
         """C{--workers} defaults to the number of cores and takes 0 to 256."""
         options = Options()

@@ -207,6 +207,38 @@ def makeService(options: Options) -> Any:
         raise SystemExit(1) from None
 
 
+def _state_dir_of(mode: str, path: str | None) -> tuple[str, str]:
+    from txgate.config import load_reverse_config
+
+    if mode == "reverse":
+        assert path is not None
+        return load_reverse_config(path).txgate.state_dir, path
+    config = load_config(path) if path else load_default_config()
+    return config.txgate.state_dir, config.path
+
+
+def _check_control_sockets(state_dir: str, workers: int, config_path: str) -> None:
+    """
+    Each worker's control socket lives in C{<state_dir>/run}; a UNIX socket
+    path is limited to 107 bytes, and a longer one would fail only in the
+    worker, late and quietly.
+    """
+    from txgate.net.operations import control_socket
+
+    longest = os.path.abspath(control_socket(state_dir, workers))
+    if len(longest.encode()) > 107:
+        raise ConfigErrors(
+            (
+                ConfigError(
+                    config_path,
+                    "txgate.state_dir",
+                    f"too long for --workers: the workers' control sockets ({longest}) would exceed the"
+                    " 107-byte limit of UNIX socket paths; use a shorter state_dir, or --workers 0",
+                ),
+            )
+        )
+
+
 def _supervisor(mode: str, path: str | None, workers: int, reactor: Any) -> Any:
     """
     The main process of C{--workers N}: everything is validated (and the
@@ -214,6 +246,9 @@ def _supervisor(mode: str, path: str | None, workers: int, reactor: Any) -> Any:
     a configuration known to be good.
     """
     from txgate.net.workers import Listener, Supervisor, worker_argv
+
+    state_dir, config_path = _state_dir_of(mode, path)
+    _check_control_sockets(state_dir, workers, config_path)
 
     if mode == "reverse":
         from txgate.config import load_reverse_config
