@@ -16,6 +16,7 @@ from twisted.python import usage
 
 from txgate.config import Config, load_config, load_default_config
 from txgate.errors import ConfigError, ConfigErrors
+from txgate.hosts import Hosts
 from txgate.interfaces import PolicyEnvironment
 
 __all__ = ["Options", "Prepared", "makeService", "prepare"]
@@ -86,6 +87,8 @@ class Prepared:
     @ivar categories: the category lists of C{[txgate] categories}.
     @ivar realms: the authentication realms, by name.
     @ivar keyring: the issuer keyring (generated on first start).
+    @ivar hosts: the name overrides of C{[txgate] hosts_file} (L{txgate.hosts}),
+        for upstream connections.
     """
 
     config: Config
@@ -96,6 +99,7 @@ class Prepared:
     realms: Mapping[str, Any]
     keyring: Any = None
     admin_token: str | None = None
+    hosts: Hosts = attrs.field(factory=Hosts)
 
 
 def environment_of(config: Config) -> tuple[PolicyEnvironment, Any]:
@@ -115,14 +119,15 @@ def environment_of(config: Config) -> tuple[PolicyEnvironment, Any]:
 def prepare(config: Config, create_keyring: bool = True) -> Prepared:
     """
     Everything that can refuse a configuration before anything listens:
-    plugin discovery, required plugins, category lists, realms, the policy
-    file, the issuer keyring (generated into the state directory on first
-    start, unless C{create_keyring} is false; a key readable by others is
-    refused).
+    plugin discovery, required plugins, category lists, the hosts file,
+    realms, the policy file, the issuer keyring (generated into the state
+    directory on first start, unless C{create_keyring} is false; a key
+    readable by others is refused).
 
     @raise ConfigErrors: naming the file and key (or line) of each problem.
     """
     from txgate.auth import load_realms
+    from txgate.hosts import load_configured as load_hosts
     from txgate.net.operations import load_admin_token
     from txgate.net.service import load_policy
     from txgate.plugins import discover
@@ -138,13 +143,14 @@ def prepare(config: Config, create_keyring: bool = True) -> Prepared:
         if errors:
             raise ConfigErrors(tuple(errors))
         environment, categories = environment_of(config)
+        hosts = load_hosts(config)
         realms = load_realms(config)
         policy = load_policy(config, registry, environment)
         keyring = _keyring(config, create_keyring)
     except ConfigError as e:
         raise ConfigErrors((e,)) from None
     admin_token = load_admin_token(config.admin.token_file) if config.admin.listen else None
-    return Prepared(config, registry, policy, environment, categories, realms, keyring, admin_token)
+    return Prepared(config, registry, policy, environment, categories, realms, keyring, admin_token, hosts)
 
 
 def _keyring(config: Config, create: bool) -> Any:

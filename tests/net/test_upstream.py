@@ -8,11 +8,14 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import error
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, SynchronousResolver, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from txgate.net.upstream import UpstreamPool, describe_connect_failure
+from txgate.hosts import Hosts
+from txgate.net.upstream import Connector, UpstreamPool, describe_connect_failure
 from txgate.testing import FakeConnector, make_upstream
 
 
@@ -182,6 +185,65 @@ class UpstreamPoolTests(SynchronousTestCase):
         self.assertEqual([u.transport.disconnecting for u in upstreams], [True, True])
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assert_connects()
+
+
+class _RecordingResolver(SynchronousResolver):
+    """Resolves every name to 127.0.0.1, like its parent, and records the names asked for."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def resolveHostName(self, resolutionReceiver: Any, hostName: str, *args: Any, **kwargs: Any) -> Any:
+        self.names.append(hostName)
+        return super().resolveHostName(resolutionReceiver, hostName, *args, **kwargs)
+
+
+class ConnectorHostsTests(SynchronousTestCase):
+    """
+    With C{hosts} (C{[txgate] hosts_file}), a listed name is connected to at
+    its address without being resolved; other names and IP literals are
+    resolved as before, and TLS still names the host.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.resolver = _RecordingResolver()
+        self.reactor.nameResolver = self.resolver
+        hosts = Hosts.from_mapping({"*.bench.test": "10.1.2.3", "v6.bench.test": "2001:db8::7"})
+        self.connector = Connector(self.reactor, 7.0, hosts)
+
+    def test_overridden_name(self) -> None:
+        """A name matching an entry (any case, trailing dot) connects to its address, with the connect timeout."""
+        self.connector.connect("WWW.bench.test.", 8080)
+        [(host, port, _, timeout, _)] = self.reactor.tcpClients
+        self.assertEqual((host, port, timeout), ("10.1.2.3", 8080, 7.0))
+        self.assertEqual(self.resolver.names, [])
+
+    def test_overridden_ipv6(self) -> None:
+        """An IPv6 override connects to the IPv6 address."""
+        self.connector.connect("v6.bench.test", 80)
+        self.assertEqual(self.reactor.tcpClients[0][:2], ("2001:db8::7", 80))
+
+    def test_other_names_resolved(self) -> None:
+        """A name not listed, and an IP literal, go to the resolver as before."""
+        self.connector.connect("origin.example", 443)
+        self.connector.connect("10.9.9.9", 80)
+        self.assertEqual(self.resolver.names, ["origin.example", "10.9.9.9"])
+
+    def test_no_hosts(self) -> None:
+        """Without C{hosts}, every name is resolved."""
+        Connector(self.reactor, 7.0).connect("www.bench.test", 443)
+        self.assertEqual(self.resolver.names, ["www.bench.test"])
+
+    def test_tls_keeps_name(self) -> None:
+        """Over TLS, the overridden connection still sends the name as SNI."""
+        self.connector.connect("www.bench.test", 443, tls=True)
+        [(host, port, factory, _, _)] = self.reactor.tcpClients
+        self.assertEqual((host, port), ("10.1.2.3", 443))
+        protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.assertIn(b"www.bench.test", transport.value())
 
 
 class DescribeConnectFailureTests(SynchronousTestCase):

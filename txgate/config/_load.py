@@ -177,6 +177,7 @@ _TXGATE_KEYS: dict[str, Callable[[Any], Any]] = {
     "required_plugins": _strings,
     "categories": _strings,
     "drain_timeout": _seconds,
+    "hosts_file": _string,
 }
 
 _SERVICE_KEYS: dict[str, Callable[[Any], Any]] = {

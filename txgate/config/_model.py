@@ -42,6 +42,8 @@ class TxgateConfig:
     required_plugins: tuple[str, ...] = ()
     categories: tuple[str, ...] = ()
     drain_timeout: float = 30.0
+    hosts_file: str = ""
+    """A file of static name to address overrides for upstream connections (L{txgate.hosts}); C{""} for none."""
 
 
 @attrs.frozen

@@ -102,6 +102,7 @@ class ForwardService(MultiService):
         self.environment = prepared.environment
         self.categories = prepared.categories
         self.realms = prepared.realms
+        self.hosts = prepared.hosts
         self.reactor = reactor
         self.authority: Authority | None = None
         if prepared.keyring is not None:
@@ -143,7 +144,7 @@ class ForwardService(MultiService):
             ssl=self.config.ssl if self.authority is not None else None,
             authority=self.authority,
         )
-        connector = Connector(self.reactor, service.connect_timeout)
+        connector = Connector(self.reactor, service.connect_timeout, self.hosts)
         pool = UpstreamPool(connector, self.reactor)
         self._pools.append(pool)
         if service.kind in ("transparent", "tcp-tunnel", "socks5"):

@@ -11,13 +11,20 @@ from typing import Any
 import attrs
 from twisted.internet import error
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
 from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from txgate.hosts import Hosts
 
 __all__ = ["Upstream", "Connector", "UpstreamPool", "describe_connect_failure", "no_delay"]
 
@@ -118,16 +125,28 @@ class Connector:
     one backed by a memory reactor.
 
     @ivar connect_timeout: seconds for the TCP connect (per address tried).
+    @ivar hosts: static overrides (C{[txgate] hosts_file}): a name found
+        there is connected to at its address, without resolving it. TLS still
+        sends and verifies the name; IP literals are never looked up.
     """
 
     reactor: Any
     connect_timeout: float = 10.0
+    hosts: Hosts | None = None
 
     def connect(self, host: str, port: int, tls: bool = False) -> Deferred[Upstream]:
-        endpoint: Any = HostnameEndpoint(self.reactor, host, port, timeout=self.connect_timeout)
+        endpoint = self._endpoint(host, port)
         if tls:
             endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
         return endpoint.connect(_UpstreamFactory())
+
+    def _endpoint(self, host: str, port: int) -> Any:
+        address = self.hosts.address_of(host) if self.hosts else None
+        if address is None:
+            return HostnameEndpoint(self.reactor, host, port, timeout=self.connect_timeout)
+        if ":" in address:
+            return TCP6ClientEndpoint(self.reactor, address, port, timeout=self.connect_timeout)
+        return TCP4ClientEndpoint(self.reactor, address, port, timeout=self.connect_timeout)
 
 
 def describe_connect_failure(failure: Failure, host: str, port: int) -> tuple[int, str]:
