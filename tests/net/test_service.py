@@ -103,6 +103,45 @@ class ForwardServiceTests(SynchronousTestCase):
             ],
         )
 
+    def write_config(self, services: str, txgate: str = "") -> None:
+        """Write the service's configuration file as an operator would before SIGHUP."""
+        text = f'[txgate]\nstate_dir = "{self.dir}/state"\naccess_log = "{self.dir}/log/access.log"\n{txgate}\n'
+        with open(os.path.join(self.dir, "forward.toml"), "w") as f:
+            f.write(text + services)
+
+    def test_reload_applies_options_and_policy(self) -> None:
+        """
+        A reload puts in force the new default policy and the options of
+        services whose listener did not change (for new connections), and
+        names what only a restart changes.
+        """
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+        changed = SERVICES.replace('listen = "tcp:8080:interface=127.0.0.1"', 'listen = "tcp:8080:interface=127.0.0.1"\nidle_timeout = 60')
+        changed = changed.replace(r"tcp:8443:interface=\:\:1", r"tcp:8444:interface=\:\:1")
+        self.write_config(changed, 'default_policy = "deny"')
+        result = self.service.reload()
+        self.assertTrue(result["ok"], result)
+        self.assertIn("service v4 (idle_timeout)", result["message"])
+        self.assertIn("needs a restart to change: service v6", result["message"])
+        v4, v6 = self.service.factories["v4"], self.service.factories["v6"]
+        self.assertEqual((v4.service.idle_timeout, v4.settings.idle_timeout), (60.0, 60.0))
+        self.assertEqual(v6.service.listen, r"tcp:8443:interface=\:\:1")
+        session = type("S", (), {"id": "s"})()
+        self.assertFalse(self.service.policy.decide("request", session, {}).allow)
+
+    def test_bad_reload_changes_nothing(self) -> None:
+        """A configuration with a mistake is refused whole, saying why; the running one stays."""
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+        self.write_config(SERVICES.replace('kind = "explicit-http"', 'kind = "nope"', 1), 'default_policy = "deny"')
+        result = self.service.reload()
+        self.assertFalse(result["ok"])
+        self.assertIn("service[0].kind", result["message"])
+        self.assertEqual(self.service.policy.last_reload["ok"], False)
+        session = type("S", (), {"id": "s"})()
+        self.assertTrue(self.service.policy.decide("request", session, {}).allow)
+
     def test_access_log_written_then_closed(self) -> None:
         """
         Transactions are written to the access log file as they end, also

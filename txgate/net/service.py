@@ -13,6 +13,8 @@ import signal
 import sys
 from typing import IO, TYPE_CHECKING, Any
 
+import attrs
+
 from twisted.application.service import MultiService
 from twisted.internet.defer import gatherResults
 from twisted.logger import Logger
@@ -77,6 +79,72 @@ def describe_address(address: Any) -> str:
     if ":" in host:
         return f"[{host}]:{port}"
     return f"{host}:{port}"
+
+
+def _raise(error: Exception) -> Any:
+    def load() -> IPolicy:
+        raise error
+
+    return load
+
+
+_SERVICE_OPTIONS = ("clients", "idle_timeout", "max_header_size", "detect_protocol", "tunnel_on_protocol_error", "destination", "realm")
+"""Service options a reload puts in force for new connections."""
+
+
+def _reconfigure(service: "ForwardService", new: Config) -> tuple[list[str], list[str]]:
+    """
+    Apply what can change without a restart to C{service}; return what was
+    applied and what needs a restart.
+    """
+    old = service.config
+    applied: list[str] = []
+    restart: list[str] = []
+    if new.realms != old.realms:
+        applied.append("realms")
+    if new.txgate.categories != old.txgate.categories:
+        applied.append("categories")
+    new_services = {s.name: s for s in new.services}
+    kept = []
+    for before in old.services:
+        after = new_services.pop(before.name, None)
+        if after is None or (before.kind, before.listen) != (after.kind, after.listen):
+            restart.append(f"service {before.name}")
+            kept.append(before)
+            continue
+        changed = [key for key in _SERVICE_OPTIONS if getattr(before, key) != getattr(after, key)]
+        if changed:
+            applied.append(f"service {before.name} ({', '.join(changed)})")
+        kept.append(after)
+    restart.extend(f"service {name}" for name in new_services)
+    for name, factory in service.factories.items():
+        config = next((s for s in kept if s.name == name), factory.service)
+        factory.service = config
+        factory.settings = attrs.evolve(
+            factory.settings,
+            detect_protocol=config.detect_protocol,
+            tunnel_on_protocol_error=config.tunnel_on_protocol_error,
+            idle_timeout=config.idle_timeout,
+            realms=service.realms,
+            categories=service.categories,
+        )
+    if new.ssl != old.ssl:
+        restart.append("[ssl]")
+    if new.admin != old.admin:
+        restart.append("[admin]")
+    for key in ("state_dir", "access_log", "access_log_format", "plugin_path", "required_plugins", "hosts_file"):
+        if getattr(new.txgate, key) != getattr(old.txgate, key):
+            restart.append(f"txgate.{key}")
+    txgate = attrs.evolve(
+        old.txgate,
+        policy=new.txgate.policy,
+        policy_trace=new.txgate.policy_trace,
+        default_policy=new.txgate.default_policy,
+        categories=new.txgate.categories,
+        drain_timeout=new.txgate.drain_timeout,
+    )
+    service.config = attrs.evolve(old, txgate=txgate, services=tuple(kept), realms=new.realms)
+    return applied, restart
 
 
 class ForwardService(MultiService):
@@ -183,22 +251,43 @@ class ForwardService(MultiService):
             crl_service = ServiceConfig(name="crl_listen", kind="crl", listen=listen, clients=())
             self._listen(crl_service, authority_site(authority))
 
-    def reload_policy(self) -> bool:
-        """
-        Read the policy file again. A bad file keeps the policy in force (and
-        is logged); connections in flight are not touched.
-
-        @return: whether the new policy is in force.
-        """
-        return self.policy.reload(lambda: load_policy(self.config, self.registry, self.environment))
-
     def reload(self) -> dict[str, Any]:
-        """What SIGHUP and the admin console's reload do."""
-        ok = self.reload_policy()
-        return {"ok": ok, "message": self.policy.last_reload.get("message", "")}
+        """
+        What SIGHUP and the admin console's reload do: read the configuration
+        file again and, when it is good, put in force its policy, category
+        lists, realms and the options of services whose name, kind and
+        listener did not change. New connections get them; connections in
+        flight keep what they started with. What only a restart can change
+        (listeners, C{[ssl]}, C{[admin]}, files opened at start) is logged
+        and left as it is. A bad file changes nothing.
+        """
+        from txgate.auth import load_realms
+        from txgate.config import load_config, load_default_config
+        from txgate.tap import environment_of
+
+        path = self.config.path
+        try:
+            config = load_default_config() if path == "<defaults>" else load_config(path)
+            environment, categories = environment_of(config)
+            realms = load_realms(config)
+            policy = load_policy(config, self.registry, environment)
+        except (ConfigError, ConfigErrors) as e:
+            self.policy.reload(_raise(e))  # logged and shown as the last reload's result
+            return {"ok": False, "message": str(e)}
+        self.policy.reload(lambda: policy)
+        self.policy.trace = config.txgate.policy_trace
+        self.environment, self.categories, self.realms = environment, categories, realms
+        applied, restart = _reconfigure(self, config)
+        message = "reloaded: policy" + "".join(f", {what}" for what in applied)
+        if restart:
+            message += "; needs a restart to change: " + ", ".join(restart)
+            self._log.warn("reload: {message}", message=message)
+        else:
+            self._log.info("reload: {message}", message=message)
+        return {"ok": True, "message": message}
 
     def _sighup(self, signum: int, frame: Any) -> None:
-        self.reactor.callFromThread(self.reload_policy)
+        self.reactor.callFromThread(self.reload)
 
     def status(self) -> dict[str, Any]:
         """The admin console's forward page (L{txgate.admin.source.IAdminSource.status})."""
