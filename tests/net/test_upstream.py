@@ -225,10 +225,15 @@ class ConnectorHostsTests(SynchronousTestCase):
         self.assertEqual(self.reactor.tcpClients[0][:2], ("2001:db8::7", 80))
 
     def test_other_names_resolved(self) -> None:
-        """A name not listed, and an IP literal, go to the resolver as before."""
+        """
+        A name not listed goes to the resolver; an IP literal is connected
+        to directly (no getaddrinfo in a thread per connection).
+        """
         self.connector.connect("origin.example", 443)
         self.connector.connect("10.9.9.9", 80)
-        self.assertEqual(self.resolver.names, ["origin.example", "10.9.9.9"])
+        self.connector.connect("2001:db8::9", 81)
+        self.assertEqual(self.resolver.names, ["origin.example"])
+        self.assertEqual([c[:2] for c in self.reactor.tcpClients][-2:], [("10.9.9.9", 80), ("2001:db8::9", 81)])
 
     def test_no_hosts(self) -> None:
         """Without C{hosts}, every name is resolved."""

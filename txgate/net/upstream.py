@@ -6,6 +6,8 @@ keep-alive pool HTTP exchanges borrow them from.
 
 from __future__ import annotations
 
+import ipaddress
+
 from typing import Any
 
 import attrs
@@ -113,6 +115,14 @@ class Upstream(Protocol):
         self.transport.resumeProducing()
 
 
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 class _UpstreamFactory(Factory):
     protocol = Upstream
     noisy = False  # one log line per upstream connection is noise
@@ -143,7 +153,10 @@ class Connector:
     def _endpoint(self, host: str, port: int) -> Any:
         address = self.hosts.address_of(host) if self.hosts else None
         if address is None:
-            return HostnameEndpoint(self.reactor, host, port, timeout=self.connect_timeout)
+            if not _is_ip_literal(host):
+                return HostnameEndpoint(self.reactor, host, port, timeout=self.connect_timeout)
+            # HostnameEndpoint would still ask getaddrinfo, in a thread, per connection.
+            address = host
         if ":" in address:
             return TCP6ClientEndpoint(self.reactor, address, port, timeout=self.connect_timeout)
         return TCP4ClientEndpoint(self.reactor, address, port, timeout=self.connect_timeout)
