@@ -81,8 +81,14 @@ def make_origin_pki(directory: str) -> OriginPKI:
 
 class _Hello(resource.Resource):
     isLeaf = True
+    reused: list[bool] = []
+    """Whether each request's TLS connection resumed a session, as the origin saw it."""
 
     def render_GET(self, request: Any) -> bytes:
+        from OpenSSL._util import lib  # pyOpenSSL does not expose SSL_session_reused
+
+        handle = request.channel.transport.getHandle()
+        _Hello.reused.append(bool(lib.SSL_session_reused(handle._ssl)))
         return b"hello " + request.uri
 
 
@@ -162,6 +168,7 @@ class _ProxyCase(TestCase):
             privateKey=PKey.from_cryptography_key(key),
             certificate=X509.from_cryptography(cert),
             acceptableProtocols=[b"http/1.1"],
+            enableSessionTickets=True,  # as web servers do; Twisted's default is off
         )
         port = reactor.listenSSL(0, server.Site(_Hello()), options, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
@@ -245,6 +252,28 @@ class InterceptionTests(_ProxyCase):
         self.assertEqual(first["cert"].serial_number, second["cert"].serial_number)
         contexts = interception_state(self.settings).contexts
         self.assertEqual((contexts.misses, contexts.hits), (1, 1))
+
+    async def test_upstream_session_resumed(self) -> None:
+        """
+        A second connection to the same origin resumes the TLS session of
+        the first (the origin sees a reused session), once the origin's
+        certificate verified.
+        """
+        origin = self.listen_origin(("origin.test",))
+        proxy = self.start_proxy(INTERCEPT)
+        await self.fetch(proxy, origin)
+        await self.fetch(proxy, origin)
+        self.assertEqual(len(interception_state(self.settings).sessions), 1)
+        self.assertEqual(_Hello.reused[-2:], [False, True])
+
+    async def test_untrusted_session_not_kept(self) -> None:
+        """An origin whose certificate failed verification is never resumed: it is verified again each time."""
+        origin = self.listen_origin(("elsewhere.test",))
+        proxy = self.start_proxy(INTERCEPT)
+        for _ in range(2):
+            result = await self.fetch(proxy, origin)
+            self.assertNotIn("cert", result)  # the client refused the untrusted issuer's leaf
+        self.assertEqual(len(interception_state(self.settings).sessions), 0)
 
     async def test_wrong_name_untrusted(self) -> None:
         """An upstream whose certificate does not name the host is emulated under the untrusted issuer."""

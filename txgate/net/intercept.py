@@ -14,11 +14,12 @@ upstream's.
 
 from __future__ import annotations
 
+import collections
 import datetime
 import ipaddress
 import weakref
 from ssl import get_default_verify_paths as ssl_paths
-from typing import Any, Callable
+from typing import Any, Callable, Hashable
 
 import attrs
 import service_identity
@@ -81,12 +82,18 @@ class TLSUpstream(Upstream):
         fails with the reason; C{None} afterwards.
     """
 
-    def __init__(self, sni: str | None, alpn: tuple[str, ...]) -> None:
+    def __init__(
+        self, sni: str | None, alpn: tuple[str, ...], resume: Hashable = None, sessions: "SessionCache | None" = None
+    ) -> None:
         super().__init__()
         self.sni = sni
         self.alpn = alpn
         self.errors: list[tuple[int, int]] = []
         self.handshake: Deferred[TLSUpstream] | None = Deferred()
+        self.resume = resume
+        self.sessions = sessions
+        self.verified = False
+        """Set once the server's certificate passed verification: only then is its session kept for resumption."""
 
     def connectionMade(self) -> None:
         """The TCP connection under the TLS layer already sends at once."""
@@ -97,6 +104,12 @@ class TLSUpstream(Upstream):
             d.callback(self)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self.verified and self.sessions is not None and self.resume is not None:
+            # TLS 1.3 tickets arrive after the handshake: the session is
+            # taken when the connection ends, for the next one to this server.
+            session = self.transport.getHandle().get_session()  # type: ignore[union-attr]
+            if session is not None:
+                self.sessions.put(self.resume, session)
         d, self.handshake = self.handshake, None
         if d is not None:
             metrics.tls_handshake_failed("upstream", reason)
@@ -189,9 +202,36 @@ class _ClientSide:
         return connection
 
 
+class SessionCache:
+    """
+    TLS sessions of upstream servers whose certificate verified, by server
+    name and port, least recently used dropped first: the next connection
+    resumes (no certificate chain to send, parse and verify again).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._sessions: collections.OrderedDict[Hashable, SSL.Session] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def get(self, key: Hashable) -> SSL.Session | None:
+        session = self._sessions.get(key)
+        if session is not None:
+            self._sessions.move_to_end(key)
+        return session
+
+    def put(self, key: Hashable, session: SSL.Session) -> None:
+        self._sessions[key] = session
+        self._sessions.move_to_end(key)
+        while len(self._sessions) > self.capacity:
+            self._sessions.popitem(last=False)
+
+
 @implementer(IOpenSSLClientConnectionCreator)
 class _UpstreamSide:
-    """Connections towards upstream servers, with the client's SNI and ALPN."""
+    """Connections towards upstream servers, with the client's SNI and ALPN, resuming known sessions."""
 
     def __init__(self, context: SSL.Context) -> None:
         self._context = context
@@ -199,6 +239,10 @@ class _UpstreamSide:
     def clientConnectionForTLS(self, tls: Any) -> SSL.Connection:
         upstream: TLSUpstream = tls.wrappedProtocol
         connection = SSL.Connection(self._context, None)
+        if upstream.sessions is not None and upstream.resume is not None:
+            session = upstream.sessions.get(upstream.resume)
+            if session is not None:
+                connection.set_session(session)
         if upstream.sni:
             connection.set_tlsext_host_name(upstream.sni.encode("ascii"))
         if upstream.alpn:
@@ -363,6 +407,7 @@ class _Interception:
         # Server contexts holding minted leaves: a host's certificate is
         # minted once per template, key type and issuer.
         self.contexts = LeafCache(ssl.cert_cache_size)
+        self.sessions = SessionCache(ssl.cert_cache_size)
         upstream_side = _UpstreamSide(upstream_context(ssl.upstream_ca_bundle))
         self.upstream_factory = TLSMemoryBIOFactory(upstream_side, True, Factory(), clock=reactor)
         self.upstream_factory.protocol = _TLSLayer
@@ -386,12 +431,6 @@ class _Interception:
 
 
 _states: "weakref.WeakKeyDictionary[Any, _Interception]" = weakref.WeakKeyDictionary()
-
-
-def interception_cache(authority: Any) -> LeafCache[SSL.Context] | None:
-    """The minted-certificate cache of C{authority}'s interception, once it intercepted."""
-    state = _states.get(authority)
-    return state.contexts if state is not None else None
 
 
 def interception_state(settings: Any) -> _Interception:
@@ -430,7 +469,9 @@ class SSLInterceptor:
         session = context.session
         mode = Mode(request.mode)
         tcp: Upstream = context.upstream  # type: ignore[assignment]
-        upstream = TLSUpstream(session.sni, upstream_alpn(session.alpn, mode))
+        destination = session.destination
+        resume = (session.sni, destination.host, destination.port) if destination is not None else None
+        upstream = TLSUpstream(session.sni, upstream_alpn(session.alpn, mode), resume, state.sessions)
         tls = state.upstream_factory.protocol(state.upstream_factory, upstream)
         tls.makeConnection(tcp.transport)
         tcp.attach(_Ciphertext(tls, tcp))
@@ -478,6 +519,8 @@ class SSLInterceptor:
         problem: str | None,
     ) -> Any:
         """The client side, with a leaf emulating C{leaf} (under the untrusted issuer when C{problem})."""
+        if problem is None:
+            upstream.verified = True
         session = request.context.session
         now = datetime.datetime.fromtimestamp(request.context.reactor.seconds(), datetime.timezone.utc)  # type: ignore[attr-defined]
         template = template_from_upstream(leaf, now=now)
