@@ -275,6 +275,7 @@ def upstream_context(bundle: str) -> SSL.Context:
     context = SSL.Context(SSL.TLS_CLIENT_METHOD)
     context.set_min_proto_version(SSL.TLS1_2_VERSION)
     context.set_options(SSL.OP_NO_COMPRESSION)
+    context.set_mode(SSL.MODE_RELEASE_BUFFERS)  # an idle connection keeps no 34 KiB of record buffers
     context.set_verify(SSL.VERIFY_PEER, _record_verify_error)
     if bundle == "system":
         context.set_default_verify_paths()
@@ -287,6 +288,7 @@ def _server_context(cert: x509.Certificate, key: Any) -> SSL.Context:
     context = SSL.Context(SSL.TLS_SERVER_METHOD)
     context.set_min_proto_version(SSL.TLS1_2_VERSION)
     context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE)
+    context.set_mode(SSL.MODE_RELEASE_BUFFERS)  # an idle connection keeps no 34 KiB of record buffers
     context.use_certificate(X509.from_cryptography(cert))
     context.use_privatekey(PKey.from_cryptography_key(key))
     context.set_alpn_select_callback(_select_alpn)

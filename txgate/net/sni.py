@@ -81,6 +81,7 @@ def _context(path: str, data: bytes, errors: list[ConfigError], key: str) -> tup
     context = SSL.Context(SSL.TLS_SERVER_METHOD)
     context.set_min_proto_version(SSL.TLS1_2_VERSION)
     context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_NO_RENEGOTIATION)
+    context.set_mode(SSL.MODE_RELEASE_BUFFERS)  # an idle connection keeps no 34 KiB of record buffers
     try:
         context.use_certificate(crypto.X509.from_cryptography(chain[0]))
         for extra in chain[1:]:
