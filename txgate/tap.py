@@ -201,6 +201,10 @@ def build_service(mode: str, path: str | None, reactor: Any, running: Any = None
 def makeService(options: Options) -> Any:
     from twisted.internet import reactor
 
+    from txgate.net.operations import raise_open_files_limit
+
+    raise_open_files_limit()
+
     mode = options.subCommand
     sub = options.subOptions
     path = sub["config"]

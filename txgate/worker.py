@@ -34,12 +34,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from txgate.errors import ConfigErrors
     from txgate.net.listeners import Adopted
-    from txgate.net.operations import Running
+    from txgate.net.operations import Running, raise_open_files_limit
     from txgate.tap import build_service
 
     def text(event: dict) -> str:  # the main process adds time and worker number
         return eventAsText(event, includeTimestamp=False, includeSystem=False) + "\n"
 
+    raise_open_files_limit()
     globalLogBeginner.beginLoggingTo([FileLogObserver(sys.stdout, text)], redirectStandardIO=False)
     running = Running(
         worker=args.worker,

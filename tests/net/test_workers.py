@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from txgate.errors import ConfigErrors
 from txgate.net.listeners import Adopted, bind, listen, unwrapped
-from txgate.net.operations import drain, load_admin_token
+from txgate.net.operations import drain, load_admin_token, raise_open_files_limit
 
 
 class AdoptedTests(SynchronousTestCase):
@@ -126,3 +126,16 @@ class AdminTokenTests(SynchronousTestCase):
             self.assertIn(why, error.message)
         with self.assertRaises(ConfigErrors):
             load_admin_token("/nonexistent/token")
+
+
+class OpenFilesTests(SynchronousTestCase):
+    def test_raised_to_hard_limit(self) -> None:
+        """Each proxied connection takes two descriptors: the soft limit goes up to the hard one."""
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+        limit = raise_open_files_limit()
+        self.assertEqual(resource.getrlimit(resource.RLIMIT_NOFILE), (limit, hard))
+        self.assertEqual(limit, hard if hard != resource.RLIM_INFINITY else limit)

@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from txgate.errors import ConfigError, ConfigErrors
 from txgate.net.listeners import Adopted
 
-__all__ = ["Running", "load_admin_token", "drain", "start_admin", "control_socket"]
+__all__ = ["Running", "load_admin_token", "drain", "start_admin", "control_socket", "raise_open_files_limit"]
 
 _log = Logger(namespace="txgate.net.operations")
 
@@ -123,3 +123,25 @@ def drain(reactor: Any, live: Callable[[], int], timeout: float, end_all: Callab
 
     check()
     return done
+
+
+def raise_open_files_limit() -> int:
+    """
+    Raise this process's open-files limit to its hard limit, as proxies do:
+    every proxied connection takes two descriptors, and the usual soft
+    limit of 1024 would refuse connections long before memory runs out.
+
+    @return: the limit now in force.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
