@@ -5,6 +5,7 @@
 #   make run          twistd -n txgate forward with the embedded defaults
 #   make test         all three test tiers with trial (TESTS=tests.e2e for one tier)
 #   make clean        remove what the targets above made
+#   make bench        the side-by-side benchmark suite (issue 8); not part of test
 #
 # .ci/run calls `make test` and reads trial's summary line.
 
@@ -20,7 +21,7 @@ TRIAL_ARGS ?=
 SYSTEM_DEPS := nginx:nginx-light curl:curl openssl:openssl socat:socat ps:procps unshare:util-linux \
 	ip:iproute2 iptables:iptables ip6tables:iptables sipp:sip-tester turnutils_uclient:coturn turnserver:coturn haproxy:haproxy chromium:chromium
 
-.PHONY: all venv setup system-deps run test clean bench-policy bench-intercept bench-reverse
+.PHONY: all venv setup system-deps run test clean bench-policy bench-intercept bench-reverse bench-peers bench
 
 all: venv
 
@@ -101,3 +102,50 @@ bench-reverse: $(STAMP)
 		apt-get install -y -qq --no-install-recommends wrk >/dev/null 2>&1 || \
 		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends wrk; }; }
 	$(BIN)/python bench/reverse.py $(BENCH_ARGS)
+
+# The peers of the side-by-side suite (issue 8). Debian packages are installed
+# when their command is missing (squid also when it lacks OpenSSL, since
+# ssl_bump needs squid-openssl); mitmproxy and proxy.py go into venvs of their
+# own under bench/.peers/ (git ignores it), so their dependencies never meet
+# txgate's. A peer that fails to install is only reported: the suite shows it
+# as "unavailable (why)" and measures the others.
+PEERS := bench/.peers
+BENCH_APT := squid:squid-openssl haproxy:haproxy nginx:nginx-light wrk:wrk curl:curl
+bench-peers: $(STAMP)
+	@export PATH="$$PATH:/usr/local/sbin:/usr/sbin:/sbin"; \
+	missing=""; \
+	for pair in $(BENCH_APT); do \
+		command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+	done; \
+	if command -v squid >/dev/null 2>&1 && ! squid -v 2>/dev/null | grep -q -- --with-openssl; then \
+		missing="$$missing squid-openssl"; fi; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" != 0 ]; then \
+			echo "bench-peers: missing:$$missing; run as root to install them (the suite reports them unavailable)" >&2; \
+		else \
+			echo "bench-peers: installing$$missing"; \
+			export DEBIAN_FRONTEND=noninteractive; \
+			policy=""; \
+			if [ ! -e /usr/sbin/policy-rc.d ]; then \
+				printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; \
+				policy=/usr/sbin/policy-rc.d; \
+			fi; \
+			{ apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; } || \
+				echo "bench-peers: apt-get could not install$$missing; the suite reports what is missing" >&2; \
+			test -z "$$policy" || rm -f "$$policy"; \
+		fi; \
+	fi; \
+	for pair in mitmproxy:mitmdump proxy.py:proxy; do \
+		peer="$${pair%%:*}"; venv="$(PEERS)/$$peer"; \
+		test -x "$$venv/bin/$${pair#*:}" && continue; \
+		echo "bench-peers: pip install $$peer into $$venv"; \
+		{ test -x "$$venv/bin/python" || $(PYTHON) -m venv "$$venv"; } && \
+		"$$venv/bin/python" -m pip install --disable-pip-version-check -q "$$peer" || \
+			echo "bench-peers: $$peer did not install; the suite reports it unavailable" >&2; \
+	done
+
+# Every scenario (S1-S7) for every candidate in turn, 3 repeats, on 127.0.0.1;
+# prints the table and writes bench/results/suite-<date>-<time>.json. BENCH_ARGS
+# passes options, e.g. make bench BENCH_ARGS='--scenarios S1,S2 --seconds 3'.
+bench: bench-peers
+	$(BIN)/python bench/suite.py $(BENCH_ARGS)

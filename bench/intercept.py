@@ -32,11 +32,9 @@ import json
 import multiprocessing
 import os
 import shutil
-import signal
 import socket
 import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,23 +49,20 @@ from txgate.pki.keyring import generate_keyring
 from txgate.pki.mint import KEY_TYPE_ECDSA, KEY_TYPE_RSA, template_from_upstream
 from txgate.testing import make_ca, make_server_cert, write_pem
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-RESULTS = os.path.join(HERE, "results")
-LOOPBACK = "127.0.0.1"
+from common import LOOPBACK, RESULTS, BenchError, Children, cpu_ms
+from common import accepts as _accepts
+from common import free_port as _free_port
+from common import recv_head as _recv_head
+from common import tail as _tail
+
 ORIGIN_NAME = "origin.test"
 STARTUP_TIMEOUT = 20.0  # seconds nginx or txgate gets to listen
 IO_TIMEOUT = 10.0  # seconds any one client socket operation may take
 ISSUER_GRACE = 5.0  # seconds after "listening:" for <state>/ca/issuer.pem to appear
-STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
 WARMUP = 5  # connections through the proxy before measuring (the first mints)
 MAX_CONNECTIONS = 100_000  # per client, whatever --seconds says
 BODY = b"txgate bench\n" * 64  # what GET / returns (832 bytes)
 POLICY = "<ssl-intercept>\n    ssl.forward_proxy(yes)\n"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-class BenchError(Exception):
-    """The benchmark cannot run; the message says why and what was seen."""
 
 
 # ---------------------------------------------------------------- certificates
@@ -129,68 +124,6 @@ def _mint_rows(how: str, mint: Callable[[Any, str], x509.Certificate], keyring: 
 
 
 # ---------------------------------------------------------------- child processes
-
-
-def _child_env() -> dict[str, str]:
-    proxies = {"http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy"}
-    env = {k: v for k, v in os.environ.items() if k.lower() not in proxies}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection((LOOPBACK, port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def _tail(path: str, lines: int = 40) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            text = f.read().splitlines()
-    except OSError as e:
-        return f"({path}: {e})"
-    return "\n".join(text[-lines:])
-
-
-def cpu_ms(pid: int) -> float:
-    """utime + stime of C{pid} in milliseconds (/proc/<pid>/stat fields 14 and 15)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * 1000 / CLK_TCK
-
-
-class Children:
-    """The processes this run started; L{stop_all} ends each by its pid."""
-
-    def __init__(self) -> None:
-        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
-
-    def start(self, what: str, argv: list[str], cwd: str, log: str) -> subprocess.Popen[bytes]:
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(argv, cwd=cwd, env=_child_env(), stdin=subprocess.DEVNULL,
-                                    stdout=out, stderr=subprocess.STDOUT)
-        self.procs.append((what, proc))
-        return proc
-
-    def stop_all(self) -> None:
-        for _, proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for _, proc in self.procs:
-            try:
-                proc.wait(STOP_GRACE)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 NGINX_CONF = """\
@@ -315,20 +248,6 @@ def start_txgate(children: Children, tmp: str, origin_ca: str) -> tuple[int, int
 
 
 # ---------------------------------------------------------------- the client loop
-
-
-def _recv_head(sock: Any) -> tuple[bytes, bytes]:
-    """Read up to the end of an HTTP head: C{(head, bytes after it)}."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(16384)
-        if not chunk:
-            raise ConnectionError(f"connection closed after {len(data)} bytes of a response head: {data[:200]!r}")
-        data += chunk
-        if len(data) > 65536:
-            raise ConnectionError("response head over 64 KiB")
-    head, _, rest = data.partition(b"\r\n\r\n")
-    return head, rest
 
 
 def one_connection(target: tuple[int, int | None], context: ssl.SSLContext) -> None:

@@ -48,7 +48,6 @@ import multiprocessing
 import os
 import re
 import shutil
-import signal
 import socket
 import ssl
 import statistics
@@ -60,28 +59,25 @@ from typing import Any
 
 from txgate.testing import make_ca, make_server_cert, write_pem
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-RESULTS = os.path.join(HERE, "results")
-LOOPBACK = "127.0.0.1"
+from common import LOOPBACK, RESULTS, SBIN_PATH, BenchError, Children, cpu_ms
+from common import child_env as _child_env
+from common import recv_head as _recv_head
+from common import start_server as _start_server
+from common import tail as _tail
+from common import tool_version as _version
+from common import which as _which
+
 PUBLIC_NAME = "lyncweb.bench.test"  # what clients ask for (SNI and Host)
 REAL_NAME = "realserver.bench.internal"  # what the real servers' certificate says
 OTHER_HOST = "evil.bench.test"  # a Host no candidate may let through
 CANDIDATES = ("txgate", "haproxy", "nginx")
 BASELINE = "haproxy"
-STARTUP_TIMEOUT = 20.0  # seconds a server gets to listen
 IO_TIMEOUT = 10.0  # seconds any one client socket operation may take
-STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
 WRK_GRACE = 30.0  # seconds wrk may run past its -d before it is killed
 MAX_REQUESTS = 200_000  # per new-connection client, whatever --seconds says
 MAX_ERRORS = 50  # failed requests after which a new-connection client stops
 WARMUP_REQUESTS = 20  # new-connection requests before measuring (pools, code paths)
 BODY = (b"txgate reverse bench " * 49)[:1023] + b"\n"  # what GET / returns (1024 bytes)
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-SBIN_PATH = os.pathsep.join([os.environ.get("PATH", os.defpath), "/usr/local/sbin", "/usr/sbin", "/sbin"])
-
-
-class BenchError(Exception):
-    """A candidate (or the setup) cannot run; the message says why and what was seen."""
 
 
 # ---------------------------------------------------------------- certificates
@@ -116,147 +112,6 @@ def make_certificates(tmp: str) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- child processes
-
-
-def _child_env() -> dict[str, str]:
-    proxies = {"http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy"}
-    env = {k: v for k, v in os.environ.items() if k.lower() not in proxies}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection((LOOPBACK, port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def _tail(path: str, lines: int = 40) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            text = f.read().splitlines()
-    except OSError as e:
-        return f"({path}: {e})"
-    return "\n".join(text[-lines:])
-
-
-def _which(command: str, hint: str) -> str:
-    found = shutil.which(command, path=SBIN_PATH)
-    if found is None:
-        raise BenchError(f"{command} not found; {hint}")
-    return found
-
-
-def _process_tree(pid: int) -> list[int]:
-    """C{pid} and its descendants, from /proc (a forking server counts whole)."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    tree, frontier = [pid], [pid]
-    while frontier:
-        frontier = [child for child, parent in parents.items() if parent in frontier]
-        tree += frontier
-    return tree
-
-
-def cpu_ms(pid: int) -> float:
-    """utime + stime of C{pid} and its descendants in milliseconds (/proc/<pid>/stat fields 14 and 15)."""
-    total = 0
-    for each in _process_tree(pid):
-        try:
-            with open(f"/proc/{each}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total * 1000 / CLK_TCK
-
-
-class Children:
-    """The processes this run started; L{stop} and L{stop_all} end each by its pid."""
-
-    def __init__(self) -> None:
-        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
-
-    def start(self, what: str, argv: list[str], cwd: str, log: str) -> subprocess.Popen[bytes]:
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(argv, cwd=cwd, env=_child_env(), stdin=subprocess.DEVNULL,
-                                    stdout=out, stderr=subprocess.STDOUT)
-        self.procs.append((what, proc))
-        return proc
-
-    def stop(self, proc: subprocess.Popen[bytes], signalled: bool = False) -> None:
-        # One SIGTERM only: twistd answers a second one with a ReactorNotRunning traceback.
-        if not signalled and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(STOP_GRACE)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def stop_all(self) -> None:
-        for _, proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for _, proc in self.procs:
-            self.stop(proc, signalled=True)
-
-
-def _wait_listening(proc: subprocess.Popen[bytes], port: int, log: str, what: str,
-                    marker: str | None = None) -> None:
-    """
-    Until C{port} accepts (and, with C{marker}, C{log} has a line containing
-    it); L{BenchError} if C{proc} exits or C{STARTUP_TIMEOUT} passes.
-    """
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BenchError(f"{what} exited with status {proc.returncode} before listening:\n{_tail(log)}")
-        seen = marker is None
-        if not seen:
-            with open(log, errors="replace") as f:
-                seen = any(marker in line for line in f)
-        if seen and _accepts(port):
-            return
-        time.sleep(0.05)
-    raise BenchError(f"{what} did not listen on {LOOPBACK}:{port} within {STARTUP_TIMEOUT}s:\n{_tail(log)}")
-
-
-def _start_server(children: Children, tmp: str, what: str, argv_for: Any, write_conf: Any,
-                  marker: str | None = None) -> tuple[subprocess.Popen[bytes], int]:
-    """
-    Write a config for a fresh port and start C{what}, retrying on another
-    port when the one found free was taken before the server bound it.
-    """
-    log = os.path.join(tmp, f"{what}.out")
-    errors = ""
-    for _ in range(3):
-        port = _free_port()
-        conf = write_conf(port)
-        proc = children.start(what, argv_for(conf), tmp, log)
-        try:
-            _wait_listening(proc, port, log, what, marker)
-            return proc, port
-        except BenchError as e:
-            errors = str(e)
-            children.stop(proc)
-            if "in use" not in errors:
-                break
-    raise BenchError(errors)
 
 
 NGINX_COMMON = """\
@@ -465,20 +320,6 @@ STARTERS = {"txgate": start_txgate, "haproxy": start_haproxy, "nginx": start_ngi
 
 
 # ---------------------------------------------------------------- clients
-
-
-def _recv_head(sock: Any) -> tuple[bytes, bytes]:
-    """Read up to the end of an HTTP head: C{(head, bytes after it)}."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(16384)
-        if not chunk:
-            raise ConnectionError(f"connection closed after {len(data)} bytes of a response head: {data[:200]!r}")
-        data += chunk
-        if len(data) > 65536:
-            raise ConnectionError("response head over 64 KiB")
-    head, _, rest = data.partition(b"\r\n\r\n")
-    return head, rest
 
 
 def client_context(cafile: str) -> ssl.SSLContext:
@@ -709,15 +550,6 @@ def run_candidate(name: str, tmp: str, certs: dict[str, str], real: list[int], a
 
 
 # ---------------------------------------------------------------- main
-
-
-def _version(argv: list[str]) -> str:
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"({e})"
-    text = (done.stdout + done.stderr).strip().splitlines()
-    return text[0] if text else "?"
 
 
 def versions() -> dict[str, str]:

@@ -1,0 +1,269 @@
+"""
+What the benchmark scripts share: starting and stopping the processes a run
+needs, waiting for them to listen, reading their CPU time and memory from
+/proc, the HTTP head reader the clients use, and the certificates a run makes.
+
+Scripts in bench/ run as C{python bench/NAME.py}, which puts bench/ first on
+C{sys.path}, so each imports this as C{common}. Nothing here imports a
+reactor; every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+from txgate.testing import make_ca, make_server_cert, write_pem
+
+__all__ = [
+    "BenchError", "Children", "HERE", "LOOPBACK", "RESULTS", "SBIN_PATH", "accepts", "child_env", "cpu_ms",
+    "free_port", "make_ca", "make_server_cert", "process_tree", "recv_head", "rss_kb", "raise_nofile",
+    "start_server", "tail", "tool_version", "validity", "wait_listening", "which", "write_pem",
+]
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
+LOOPBACK = "127.0.0.1"
+STARTUP_TIMEOUT = 20.0  # seconds a server gets to listen
+STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+SBIN_PATH = os.pathsep.join([os.environ.get("PATH", os.defpath), "/usr/local/sbin", "/usr/sbin", "/sbin"])
+MAX_HEAD = 65536  # bytes of a response head a client reads before giving up
+
+
+class BenchError(Exception):
+    """A candidate (or the setup) cannot run; the message says why and what was seen."""
+
+
+# ---------------------------------------------------------------- certificates
+
+
+def validity(days: int = 30) -> tuple[datetime.datetime, datetime.datetime]:
+    """C{(not_before, not_after)}: from a day ago to C{days} ahead."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return now - datetime.timedelta(days=1), now + datetime.timedelta(days=days)
+
+
+# ---------------------------------------------------------------- processes
+
+
+def child_env() -> dict[str, str]:
+    """Our environment without proxy variables (curl and Python honour them), output unbuffered."""
+    proxies = {"http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy"}
+    env = {k: v for k, v in os.environ.items() if k.lower() not in proxies}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def raise_nofile(wanted: int = 65536) -> int:
+    """Raise this process's RLIMIT_NOFILE (children inherit it) as far as allowed: the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))  # root may raise the hard limit
+            return wanted
+        except (ValueError, OSError):
+            wanted = hard
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    return max(soft, wanted)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def accepts(port: int) -> bool:
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def tail(path: str, lines: int = 40) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            text = f.read().splitlines()
+    except OSError as e:
+        return f"({path}: {e})"
+    return "\n".join(text[-lines:])
+
+
+def which(command: str, hint: str) -> str:
+    found = shutil.which(command, path=SBIN_PATH)
+    if found is None:
+        raise BenchError(f"{command} not found; {hint}")
+    return found
+
+
+def tool_version(argv: list[str]) -> str:
+    """The first line C{argv} prints (stdout or stderr), or why there is none."""
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"({e})"
+    text = (done.stdout + done.stderr).strip().splitlines()
+    return text[0].strip() if text else "?"
+
+
+def process_tree(pid: int) -> list[int]:
+    """C{pid} and its descendants, from /proc (a forking server or a worker pool counts whole)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    tree, frontier = [pid], [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier]
+        tree += frontier
+    return tree
+
+
+def cpu_ms(pid: int) -> float:
+    """
+    utime + stime of C{pid} and its live descendants, plus what their reaped
+    children used (cutime + cstime), in milliseconds (/proc/<pid>/stat
+    fields 14-17): a helper that forks C{openssl} per certificate is counted.
+    """
+    total = 0
+    for each in process_tree(pid):
+        try:
+            with open(f"/proc/{each}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+    return total * 1000 / CLK_TCK
+
+
+def rss_kb(pid: int) -> int:
+    """Resident memory of C{pid} and its descendants in KiB (/proc/<pid>/statm, resident pages)."""
+    total = 0
+    for each in process_tree(pid):
+        try:
+            with open(f"/proc/{each}/statm") as f:
+                total += int(f.read().split()[1]) * PAGE_KB
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+class Children:
+    """The processes this run started; L{stop} and L{stop_all} end each by its pid."""
+
+    def __init__(self) -> None:
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, what: str, argv: list[str], cwd: str, log: str,
+              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(argv, cwd=cwd, env=env or child_env(), stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=subprocess.STDOUT)
+        self.procs.append((what, proc))
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], signalled: bool = False) -> None:
+        # One SIGTERM only: twistd answers a second one with a ReactorNotRunning traceback.
+        if not signalled and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def stop_all(self) -> None:
+        for _, proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for _, proc in self.procs:
+            self.stop(proc, signalled=True)
+        self.procs = []
+
+
+def wait_listening(proc: subprocess.Popen[bytes], port: int, log: str, what: str,
+                   marker: str | None = None, timeout: float = STARTUP_TIMEOUT,
+                   ready: Callable[[], bool] | None = None) -> None:
+    """
+    Until C{port} accepts (and, with C{marker}, C{log} has a line containing
+    it; with C{ready}, it returns true); L{BenchError} if C{proc} exits or
+    C{timeout} passes.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"{what} exited with status {proc.returncode} before listening:\n{tail(log)}")
+        seen = marker is None
+        if not seen:
+            with open(log, errors="replace") as f:
+                seen = any(marker in line for line in f)
+        if seen and accepts(port) and (ready is None or ready()):
+            return
+        time.sleep(0.05)
+    raise BenchError(f"{what} did not listen on {LOOPBACK}:{port} within {timeout}s:\n{tail(log)}")
+
+
+def start_server(children: Children, tmp: str, what: str, argv_for: Callable[[str], list[str]],
+                 write_conf: Callable[[int], str], marker: str | None = None, timeout: float = STARTUP_TIMEOUT,
+                 env: dict[str, str] | None = None,
+                 ready: Callable[[], bool] | None = None) -> tuple[subprocess.Popen[bytes], int]:
+    """
+    Write a config for a fresh port and start C{what}, retrying on another
+    port when the one found free was taken before the server bound it.
+    """
+    log = os.path.join(tmp, f"{what}.out")
+    errors = ""
+    for _ in range(3):
+        port = free_port()
+        conf = write_conf(port)
+        proc = children.start(what, argv_for(conf), tmp, log, env)
+        try:
+            wait_listening(proc, port, log, what, marker, timeout, ready)
+            return proc, port
+        except BenchError as e:
+            errors = str(e)
+            children.stop(proc)
+            if "in use" not in errors:
+                break
+    raise BenchError(errors)
+
+
+# ---------------------------------------------------------------- clients
+
+
+def recv_head(sock: Any) -> tuple[bytes, bytes]:
+    """Read up to the end of an HTTP head: C{(head, bytes after it)}."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(16384)
+        if not chunk:
+            raise ConnectionError(f"connection closed after {len(data)} bytes of a response head: {data[:200]!r}")
+        data += chunk
+        if len(data) > MAX_HEAD:
+            raise ConnectionError("response head over 64 KiB")
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def venv_twistd() -> str:
+    """The twistd beside the running interpreter (the project's .venv)."""
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    if not os.access(twistd, os.X_OK):
+        raise BenchError(f"{twistd} not found: run this with the venv's python (make bench)")
+    return twistd
