@@ -32,6 +32,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import sys
 import time
 import tomllib
@@ -768,33 +769,41 @@ class RawReply:
         return int(match.group(1)) if match else None
 
 
+def send_and_read(sock: socket.socket, data: bytes, read_timeout: float, max_bytes: int) -> RawReply:
+    """
+    Send C{data} on a connected (plain or TLS) socket, then read until the
+    peer closes (or resets), C{read_timeout} passes or C{max_bytes} arrive.
+    """
+    try:
+        sock.sendall(data)
+    except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+        pass  # the server answered and closed before reading it all; read the answer
+    start = time.monotonic()
+    deadline = start + read_timeout
+    received = bytearray()
+    closed = False
+    while len(received) < max_bytes:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        sock.settimeout(remaining)
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            break
+        except (ConnectionResetError, ssl.SSLError, OSError):
+            closed = True
+            break
+        if not chunk:
+            closed = True
+            break
+        received += chunk
+    return RawReply(bytes(received), closed, time.monotonic() - start)
+
+
 def _exchange_raw(address: tuple[str, int], data: bytes, read_timeout: float, max_bytes: int) -> RawReply:
     with socket.create_connection(address, timeout=read_timeout) as sock:
-        try:
-            sock.sendall(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the server answered and closed before reading it all; read the answer
-        start = time.monotonic()
-        deadline = start + read_timeout
-        received = bytearray()
-        closed = False
-        while len(received) < max_bytes:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            sock.settimeout(remaining)
-            try:
-                chunk = sock.recv(65536)
-            except TimeoutError:
-                break
-            except ConnectionResetError:
-                closed = True
-                break
-            if not chunk:
-                closed = True
-                break
-            received += chunk
-        return RawReply(bytes(received), closed, time.monotonic() - start)
+        return send_and_read(sock, data, read_timeout, max_bytes)
 
 
 def exchange_raw(

@@ -31,7 +31,6 @@ import socket
 import ssl
 import struct
 import sys
-import time
 import unittest
 from typing import Any, Callable, Sequence
 
@@ -54,6 +53,7 @@ from tests.e2e.harness import (
     read_http_head,
     require_tool,
     run_curl,
+    send_and_read,
     wait_for,
 )
 from tests.e2e.tls_origins import _listening
@@ -603,31 +603,7 @@ def _tls_exchange_raw(
     address: tuple[str, int], data: bytes, server_name: str, cafile: str, read_timeout: float, max_bytes: int
 ) -> RawReply:
     with tls_connect(address, server_name, cafile, read_timeout) as sock:
-        try:
-            sock.sendall(data)
-        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
-            pass
-        start = time.monotonic()
-        deadline = start + read_timeout
-        received = bytearray()
-        closed = False
-        while len(received) < max_bytes:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            sock.settimeout(remaining)
-            try:
-                chunk = sock.recv(65536)
-            except (TimeoutError, socket.timeout):
-                break
-            except (ConnectionResetError, ssl.SSLError, OSError):
-                closed = True
-                break
-            if not chunk:
-                closed = True
-                break
-            received += chunk
-        return RawReply(bytes(received), closed, time.monotonic() - start)
+        return send_and_read(sock, data, read_timeout, max_bytes)
 
 
 def tls_exchange_raw(
