@@ -261,6 +261,32 @@ def recv_head(sock: Any) -> tuple[bytes, bytes]:
     return head, rest
 
 
+def read_response(sock: Any) -> tuple[int, bytes]:
+    """
+    The status and body of the HTTP/1.1 response on C{sock}: the body up to
+    its Content-Length, or until the server closes.
+
+    @raise ConnectionError: the status line is not one.
+    """
+    head, body = recv_head(sock)
+    status_line = head.split(b"\r\n", 1)[0]
+    try:
+        status = int(status_line.split(b" ")[1])
+    except (IndexError, ValueError):
+        raise ConnectionError(f"bad status line {status_line!r}") from None
+    length = None
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while length is None or len(body) < length:
+        chunk = sock.recv(16384)
+        if not chunk:
+            break
+        body += chunk
+    return status, body
+
+
 def venv_twistd() -> str:
     """The twistd beside the running interpreter (the project's .venv)."""
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")

@@ -52,6 +52,7 @@ from txgate.testing import make_ca, make_server_cert, write_pem
 from common import LOOPBACK, RESULTS, BenchError, Children, cpu_ms
 from common import accepts as _accepts
 from common import free_port as _free_port
+from common import read_response
 from common import recv_head as _recv_head
 from common import tail as _tail
 
@@ -272,20 +273,9 @@ def one_connection(target: tuple[int, int | None], context: ssl.SSLContext) -> N
         tls = context.wrap_socket(raw, server_hostname=ORIGIN_NAME)
         raw = tls
         tls.sendall(f"GET / HTTP/1.1\r\nHost: {ORIGIN_NAME}\r\nConnection: close\r\n\r\n".encode())
-        head, body = _recv_head(tls)
-        status = head.split(b"\r\n", 1)[0]
-        if status.split(b" ")[1:2] != [b"200"]:
-            raise ConnectionError(f"GET / answered {status!r}")
-        length = None
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        while length is None or len(body) < length:
-            chunk = tls.recv(16384)
-            if not chunk:
-                break
-            body += chunk
+        status, body = read_response(tls)
+        if status != 200:
+            raise ConnectionError(f"GET / answered {status}")
         if body != BODY:
             raise ConnectionError(f"GET / returned {len(body)} bytes, expected {len(BODY)}")
     finally:

@@ -61,7 +61,7 @@ from txgate.testing import make_ca, make_server_cert, write_pem
 
 from common import LOOPBACK, RESULTS, SBIN_PATH, BenchError, Children, cpu_ms
 from common import child_env as _child_env
-from common import recv_head as _recv_head
+from common import read_response
 from common import start_server as _start_server
 from common import tail as _tail
 from common import tool_version as _version
@@ -345,23 +345,7 @@ def one_request(port: int, context: ssl.SSLContext, host: str = PUBLIC_NAME) -> 
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock = context.wrap_socket(raw, server_hostname=PUBLIC_NAME)
         sock.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: txgate-bench\r\nConnection: close\r\n\r\n".encode())
-        head, body = _recv_head(sock)
-        status_line = head.split(b"\r\n", 1)[0]
-        try:
-            status = int(status_line.split(b" ")[1])
-        except (IndexError, ValueError):
-            raise ConnectionError(f"bad status line {status_line!r}") from None
-        length = None
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        while length is None or len(body) < length:
-            chunk = sock.recv(16384)
-            if not chunk:
-                break
-            body += chunk
-        return status, body
+        return read_response(sock)
     finally:
         sock.close()
 

@@ -53,7 +53,7 @@ from typing import Any, Callable
 
 from common import (
     HERE, LOOPBACK, RESULTS, SBIN_PATH, BenchError, Children, child_env, cpu_ms, make_ca, make_server_cert,
-    raise_nofile, recv_head, rss_kb, start_server, tail, tool_version, validity, venv_twistd, write_pem,
+    raise_nofile, read_response, recv_head, rss_kb, start_server, tail, tool_version, validity, venv_twistd, write_pem,
 )
 
 PEERS = os.path.join(HERE, ".peers")
@@ -497,20 +497,9 @@ def one_request(proxy_port: int | None, host: str, origin_port: int, context: ss
         sock = context.wrap_socket(raw, server_hostname=host)
         sock.sendall(f"GET / HTTP/1.1\r\nHost: {host}:{origin_port}\r\nUser-Agent: txgate-bench\r\nConnection: close\r\n\r\n"
                      .encode())
-        head, body = recv_head(sock)
-        status = head.split(b"\r\n", 1)[0]
-        if status.split(b" ")[1:2] != [b"200"]:
-            raise ConnectionError(f"GET / answered {status!r}")
-        length = None
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        while length is None or len(body) < length:
-            chunk = sock.recv(16384)
-            if not chunk:
-                break
-            body += chunk
+        status, body = read_response(sock)
+        if status != 200:
+            raise ConnectionError(f"GET / answered {status}")
         if body != BODY:
             raise ConnectionError(f"GET / returned {len(body)} bytes, expected {len(BODY)}")
     finally:
