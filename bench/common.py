@@ -11,6 +11,7 @@ reactor; every wait has a deadline.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import resource
 import shutil
@@ -245,6 +246,33 @@ def start_server(children: Children, tmp: str, what: str, argv_for: Callable[[st
 
 
 # ---------------------------------------------------------------- clients
+
+
+def clean_up(children: Any, tmp: str, keep: bool) -> None:
+    """Stop every child, then remove the run's directory (or say where it was kept)."""
+    children.stop_all()
+    if keep:
+        print(f"kept {tmp}", file=sys.stderr)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def report(results: dict[str, Any], name: str, as_json: bool, print_table: Any) -> str:
+    """
+    Write C{results} to C{bench/results/NAME.json}, then print them (the
+    table, or the JSON with C{as_json}); return the file's path.
+    """
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, f"{name}.json")
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+        f.write("\n")
+    if as_json:
+        print(json.dumps(results))
+    else:
+        print_table(results)
+        print(f"\nwrote {os.path.relpath(path)}")
+    return path
 
 
 def recv_head(sock: Any) -> tuple[bytes, bytes]:

@@ -49,10 +49,10 @@ from txgate.pki.keyring import generate_keyring
 from txgate.pki.mint import KEY_TYPE_ECDSA, KEY_TYPE_RSA, template_from_upstream
 from txgate.testing import make_ca, make_server_cert, write_pem
 
-from common import LOOPBACK, RESULTS, BenchError, Children, cpu_ms
+from common import LOOPBACK, BenchError, Children, cpu_ms
 from common import accepts as _accepts
 from common import free_port as _free_port
-from common import read_response
+from common import clean_up, read_response, report
 from common import recv_head as _recv_head
 from common import tail as _tail
 
@@ -375,11 +375,7 @@ def handshakes(seconds: float, clients: int, keep: bool) -> dict[str, Any]:
             "ratio": round(proxied["handshakes_per_second"] / direct["handshakes_per_second"], 3),
         }
     finally:
-        children.stop_all()
-        if keep:
-            print(f"kept {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        clean_up(children, tmp, keep)
 
 
 # ---------------------------------------------------------------- main
@@ -437,16 +433,7 @@ def main() -> int:
             results["error"] = str(e)
             status = 1
 
-    os.makedirs(RESULTS, exist_ok=True)
-    path = os.path.join(RESULTS, f"intercept-{datetime.date.today().isoformat()}.json")
-    with open(path, "w") as f:
-        json.dump(results, f, indent=2)
-        f.write("\n")
-    if args.json:
-        print(json.dumps(results))
-    else:
-        _print_table(results)
-        print(f"\nwrote {os.path.relpath(path)}")
+    report(results, f"intercept-{datetime.date.today().isoformat()}", args.json, _print_table)
     if status:
         print(f"\nbench-intercept: handshakes not measured: {results['error']}", file=sys.stderr)
     return status

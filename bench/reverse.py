@@ -59,9 +59,9 @@ from typing import Any
 
 from txgate.testing import make_ca, make_server_cert, write_pem
 
-from common import LOOPBACK, RESULTS, SBIN_PATH, BenchError, Children, cpu_ms
+from common import LOOPBACK, SBIN_PATH, BenchError, Children, cpu_ms
 from common import child_env as _child_env
-from common import read_response
+from common import clean_up, read_response, report
 from common import start_server as _start_server
 from common import tail as _tail
 from common import tool_version as _version
@@ -666,22 +666,9 @@ def main() -> int:
                     results["candidates"][name] = outcome
                     print(f"{name}: {'not measured' if 'error' in outcome else 'done'}", file=sys.stderr, flush=True)
     finally:
-        children.stop_all()
-        if args.keep:
-            print(f"kept {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        clean_up(children, tmp, args.keep)
 
-    os.makedirs(RESULTS, exist_ok=True)
-    path = os.path.join(RESULTS, f"reverse-{datetime.date.today().isoformat()}.json")
-    with open(path, "w") as f:
-        json.dump(results, f, indent=2)
-        f.write("\n")
-    if args.json:
-        print(json.dumps(results))
-    else:
-        _print_table(results)
-        print(f"\nwrote {os.path.relpath(path)}")
+    report(results, f"reverse-{datetime.date.today().isoformat()}", args.json, _print_table)
     if "error" in results:
         print(f"\nbench-reverse: not measured: {results['error']}", file=sys.stderr)
     for name, outcome in results["candidates"].items():

@@ -52,8 +52,8 @@ import time
 from typing import Any, Callable
 
 from common import (
-    HERE, LOOPBACK, RESULTS, SBIN_PATH, BenchError, Children, child_env, cpu_ms, make_ca, make_server_cert,
-    raise_nofile, read_response, recv_head, rss_kb, start_server, tail, tool_version, validity, venv_twistd, write_pem,
+    HERE, LOOPBACK, SBIN_PATH, BenchError, Children, child_env, cpu_ms, make_ca, make_server_cert,
+    raise_nofile, read_response, recv_head, clean_up, report, rss_kb, start_server, tail, tool_version, validity, venv_twistd, write_pem,
 )
 
 PEERS = os.path.join(HERE, ".peers")
@@ -1176,23 +1176,10 @@ def main() -> int:
         results["error"] = str(e)
         status = 1
     finally:
-        children.stop_all()
-        if args.keep:
-            print(f"kept {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        clean_up(children, tmp, args.keep)
     results["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    os.makedirs(RESULTS, exist_ok=True)
     # Named after the start (UTC): a run of some scenarios does not overwrite the day's full run.
-    path = os.path.join(RESULTS, f"suite-{started.strftime('%Y-%m-%d-%H%M%S')}.json")
-    with open(path, "w") as f:
-        json.dump(results, f, indent=2)
-        f.write("\n")
-    if args.json:
-        print(json.dumps(results))
-    else:
-        print_table(results)
-        print(f"\nwrote {os.path.relpath(path)}")
+    report(results, f"suite-{started.strftime('%Y-%m-%d-%H%M%S')}", args.json, print_table)
     if "error" in results:
         print(f"\nbench: not measured: {results['error']}", file=sys.stderr)
     return status

@@ -217,16 +217,6 @@ def makeService(options: Options) -> Any:
         raise SystemExit(1) from None
 
 
-def _state_dir_of(mode: str, path: str | None) -> tuple[str, str]:
-    from txgate.config import load_reverse_config
-
-    if mode == "reverse":
-        assert path is not None
-        return load_reverse_config(path).txgate.state_dir, path
-    config = load_config(path) if path else load_default_config()
-    return config.txgate.state_dir, config.path
-
-
 def _check_control_sockets(state_dir: str, workers: int, config_path: str) -> None:
     """
     Each worker's control socket lives in C{<state_dir>/run}; a UNIX socket
@@ -257,8 +247,6 @@ def _supervisor(mode: str, path: str | None, workers: int, reactor: Any) -> Any:
     """
     from txgate.net.workers import Listener, Supervisor, worker_argv
 
-    state_dir, config_path = _state_dir_of(mode, path)
-    _check_control_sockets(state_dir, workers, config_path)
 
     if mode == "reverse":
         from txgate.config import load_reverse_config
@@ -266,7 +254,9 @@ def _supervisor(mode: str, path: str | None, workers: int, reactor: Any) -> Any:
         from txgate.net.reverseservice import prepare_reverse
 
         assert path is not None
-        reverse = prepare_reverse(load_reverse_config(path)).config
+        reverse = load_reverse_config(path)
+        _check_control_sockets(reverse.txgate.state_dir, workers, reverse.path)
+        prepare_reverse(reverse)
         listeners = [Listener(v.name, v.kind, v.listen) for v in reverse.virtual_services]
         token = load_admin_token(reverse.admin.token_file) if reverse.admin.listen else None
 
@@ -278,6 +268,7 @@ def _supervisor(mode: str, path: str | None, workers: int, reactor: Any) -> Any:
             reverse.txgate.drain_timeout, reverse.admin, token, check_reverse,
         )
     config = load_config(path) if path else load_default_config()
+    _check_control_sockets(config.txgate.state_dir, workers, config.path)
     prepared = prepare(config)
     listeners = [Listener(s.name, s.kind, s.listen) for s in config.services]
     if config.ssl.crl_listen and prepared.keyring is not None:

@@ -8,6 +8,7 @@ control sockets and merged (L{WorkersSource}).
 from __future__ import annotations
 
 import collections
+import copy
 import datetime
 import json
 from typing import Any, Callable, Iterable, Sequence
@@ -133,7 +134,7 @@ def merge_status(answers: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """
     if not answers:
         return {}
-    merged = json.loads(json.dumps(answers[0]))
+    merged = copy.deepcopy(answers[0])
     if merged.get("mode") != "forward":
         merged["services"] = merge_realservers([a.get("services", []) for a in answers])
         return merged
@@ -168,7 +169,7 @@ def merge_realservers(answers: Sequence[list[dict[str, Any]]]) -> list[dict[str,
     """
     if not answers:
         return []
-    merged = json.loads(json.dumps(answers[0]))
+    merged = copy.deepcopy(answers[0])
     services = {s["name"]: s for s in merged}
     for answer in answers[1:]:
         for theirs in answer:

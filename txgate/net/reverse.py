@@ -156,10 +156,9 @@ class VirtualService:
             internal.add((rs.verified_name.lower(), rs.port))
         self.internal = frozenset(internal)
         self.proto = "https" if config.certificates else "http"
-        self.connections = 0
         self.requests = 0
         self.clients: set[Any] = set()
-        """The open client connections (to end them when draining runs out of time)."""
+        """The open client connections (counted, and ended when draining runs out of time)."""
 
     def now(self) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(self.reactor.seconds(), datetime.timezone.utc)
@@ -169,7 +168,7 @@ class VirtualService:
         return {
             "name": self.config.name,
             "listen": self.config.listen,
-            "connections": self.connections,
+            "connections": len(self.clients),
             "requests": self.requests,
             "real_servers": [s.snapshot() for s in self.servers],
         }
@@ -200,7 +199,6 @@ class ReverseProxy(Protocol):
     def connectionMade(self) -> None:
         no_delay(self.transport)
         service = self.service
-        service.connections += 1
         service.clients.add(self)
         clock = service.reactor
         self._opened = clock.seconds()
@@ -318,7 +316,6 @@ class ReverseProxy(Protocol):
         self._idle.stop()
         self._stop_head_timer()
         service = self.service
-        service.connections -= 1
         service.clients.discard(self)
         if self._exchange is not None:
             self._exchange.client_lost(reason)

@@ -221,7 +221,7 @@ class ReverseService(MultiService):
         self.ports.clear()
 
         def live() -> int:
-            return sum(s.connections for s in self.virtual_services)
+            return sum(len(s.clients) for s in self.virtual_services)
 
         def end_all() -> None:
             for service in self.virtual_services:
