@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import sys
+import tempfile
 
 from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
@@ -52,8 +54,10 @@ class MakeServiceTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.dir = os.path.abspath(self.mktemp())
-        os.makedirs(self.dir)
+        # Short, so that --workers' control sockets (<state_dir>/run/worker-N.sock)
+        # fit the 107-byte limit of UNIX socket paths wherever the checkout is.
+        self.dir = tempfile.mkdtemp(prefix="txgate-tap-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
         self.stderr = io.StringIO()
         self.patch(sys, "stderr", self.stderr)
 
