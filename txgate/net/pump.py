@@ -6,11 +6,18 @@ Each side is the other's streaming producer, as in
 L{twisted.protocols.portforward}, so a slow reader on one side stops reads on
 the other and memory stays bounded; a half-close on one side is passed on as
 a half-close on the other; the connection ends when both directions have.
+
+Between two plain TCP connections on Linux, a tunnel that has carried
+L{SPLICE_AFTER} bytes moves the rest with splice(2) (L{txgate.net.splice}):
+interactive and idle tunnels keep Twisted's path and no pipes, bulk ones
+stop copying every byte through Python.
 """
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from typing import Any
+
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPullProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
@@ -18,9 +25,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txgate.interfaces import HandoffContext, IHandoff
+from txgate.net import splice
 from txgate.net.idle import IdleWatch
 
-__all__ = ["Tunnel", "TunnelHandoff"]
+__all__ = ["Tunnel", "TunnelHandoff", "SPLICE_AFTER"]
+
+SPLICE_AFTER = 1 << 18
+"""Bytes a tunnel carries (either way) before it hands its sockets to splice(2)."""
 
 
 @implementer(IHalfCloseableProtocol)
@@ -41,20 +52,107 @@ class Tunnel(Protocol):
         self._upstream_eof = False
         self._done = False
         self._idle: IdleWatch | None = None
+        self._splice: splice.Splice | None = None
+        self._until_splice: int | None = None
+        """Bytes left before trying splice; C{None} when it cannot be used."""
+        self._draining: list[Any] = []
+        """Transports still sending what Twisted queued before the switch to splice."""
 
     def connectionMade(self) -> None:
         client, upstream = self.transport, self._upstream.transport
         upstream.registerProducer(client, True)
         client.registerProducer(upstream, True)
         self._idle = IdleWatch(self._context.reactor, self._context.idle_timeout, self._timed_out)
+        if splice.AVAILABLE and splice.plain_socket(client) and splice.plain_socket(upstream):
+            self._until_splice = SPLICE_AFTER
         self._upstream.attach(self)
 
     # client -> upstream
     def dataReceived(self, data: bytes) -> None:
-        session = self._session
-        session.bytes_in += len(data)
-        session.last_active = self._idle.last = self._seconds()  # type: ignore[union-attr]
+        self._moved_in(len(data))
+        if self._until_splice is not None and self._spliced(data, client_side=True):
+            return
         self._upstream.transport.write(data)
+
+    def _moved_in(self, count: int) -> None:
+        session = self._session
+        session.bytes_in += count
+        session.last_active = self._idle.last = self._seconds()  # type: ignore[union-attr]
+
+    def _moved_out(self, count: int) -> None:
+        session = self._session
+        session.bytes_out += count
+        session.last_active = self._idle.last = self._seconds()  # type: ignore[union-attr]
+
+    def _spliced(self, data: bytes, client_side: bool) -> bool:
+        """
+        Count C{data} towards L{SPLICE_AFTER}; past it, write C{data} the
+        usual way, stop reading both sides and hand both sockets to splice
+        once Twisted has sent everything queued (spliced bytes must not
+        overtake it).
+        """
+        left = self._until_splice - len(data)  # type: ignore[operator]
+        if left > 0:
+            self._until_splice = left
+            return False
+        self._until_splice = None
+        client, upstream = self.transport, self._upstream.transport
+        if splice.plain_socket(client) is None or splice.plain_socket(upstream) is None:
+            return False  # half-closed or closing: stay on this path
+        (upstream if client_side else client).write(data)
+        self._draining = [client, upstream]
+        for transport in self._draining:
+            transport.unregisterProducer()
+            transport.stopReading()
+        for transport in (client, upstream):
+            # A pull producer is asked for more once its consumer's buffer is empty.
+            transport.registerProducer(_Drained(self, transport), False)
+        return True
+
+    def _drained(self, transport: object) -> None:
+        """Once both sides sent what Twisted queued: splice, or back to copying if that cannot be."""
+        if transport in self._draining and splice.idle(transport):  # type: ignore[arg-type]
+            self._draining.remove(transport)
+            transport.unregisterProducer()  # type: ignore[attr-defined]
+        if self._draining or self._done:
+            return
+        client, upstream = self.transport, self._upstream.transport
+        client_socket, upstream_socket = splice.plain_socket(client), splice.plain_socket(upstream)
+        try:
+            if client_socket is None or upstream_socket is None:
+                raise OSError("a side is closing")
+            pump = splice.Splice(
+                self._context.reactor, client_socket, upstream_socket, self._moved_in, self._moved_out, self._splice_done
+            )
+        except OSError as e:  # e.g. out of file descriptors for the pipes
+            self._log.info("tunnel {session}: not spliced ({error}); copying", session=self._session.id, error=e)
+            upstream.registerProducer(client, True)
+            client.registerProducer(upstream, True)
+            client.resumeProducing()
+            upstream.resumeProducing()
+            return
+        self._splice = pump
+        self._log.debug("tunnel {session}: splicing from here on", session=self._session.id)
+        pump.start()
+
+    def _splice_done(self, reason: str | None) -> None:
+        self._splice = None
+        if reason is None:
+            self._client_eof = self._upstream_eof = True
+            self._finish("closed by both sides")
+            return
+        self._finish(reason)
+        self.transport.loseConnection()
+        self._upstream.transport.loseConnection()
+
+    def _unsplice(self) -> None:
+        """Give the sockets back to Twisted before closing them its way."""
+        draining, self._draining = self._draining, []
+        for transport in draining:
+            transport.unregisterProducer()
+        if self._splice is not None:
+            pump, self._splice = self._splice, None
+            pump.stop()
 
     def readConnectionLost(self) -> None:
         self._client_eof = True
@@ -67,15 +165,16 @@ class Tunnel(Protocol):
         pass
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._unsplice()
         if not self._done:
             self._upstream.transport.loseConnection()
             self._finish("closed by client" if self._client_eof or self._upstream_eof else _describe(reason, "client"))
 
     # upstream -> client
     def upstream_data(self, data: bytes) -> None:
-        session = self._session
-        session.bytes_out += len(data)
-        session.last_active = self._idle.last = self._seconds()  # type: ignore[union-attr]
+        self._moved_out(len(data))
+        if self._until_splice is not None and self._spliced(data, client_side=False):
+            return
         self.transport.write(data)
 
     def upstream_eof(self) -> None:
@@ -86,6 +185,7 @@ class Tunnel(Protocol):
             self.transport.loseWriteConnection()
 
     def upstream_lost(self, reason: Failure) -> None:
+        self._unsplice()
         if not self._done:
             self.transport.loseConnection()
             self._finish("closed by server" if self._upstream_eof or self._client_eof else _describe(reason, "server"))
@@ -93,6 +193,7 @@ class Tunnel(Protocol):
     def _timed_out(self, idle: float) -> None:
         timeout = self._context.idle_timeout
         self._log.info("tunnel {session} idle for {idle:.0f}s: closing", session=self._session.id, idle=idle)
+        self._unsplice()
         self._finish(f"idle timeout ({timeout:g}s)")
         self.transport.loseConnection()
         self._upstream.transport.loseConnection()
@@ -107,6 +208,24 @@ class Tunnel(Protocol):
             self.transport.loseConnection()
             self._upstream.transport.loseConnection()
         self._context.finished(reason)
+
+
+@implementer(IPullProducer)
+class _Drained:
+    """
+    A pull producer whose only job is to hear, through C{resumeProducing},
+    that its consumer has sent everything it had queued.
+    """
+
+    def __init__(self, tunnel: Tunnel, transport: Any) -> None:
+        self._tunnel = tunnel
+        self._transport = transport
+
+    def resumeProducing(self) -> None:
+        self._tunnel._drained(self._transport)
+
+    def stopProducing(self) -> None:
+        pass
 
 
 def _describe(reason: Failure | None, side: str) -> str:

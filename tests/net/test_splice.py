@@ -1,0 +1,194 @@
+"""
+Tests for L{txgate.net.splice} and the tunnel's switch to it: real loopback
+sockets, the real reactor, bytes checked end to end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import struct
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.protocol import Factory
+from twisted.internet.threads import deferToThread
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SkipTest, TestCase
+
+from txgate.interfaces import HandoffContext
+from txgate.net import splice
+from txgate.net.pump import SPLICE_AFTER, Tunnel
+from txgate.net.upstream import Connector
+from txgate.session import Address, Session
+
+TIMEOUT = 30.0
+
+
+def _pair() -> tuple[socket.socket, socket.socket]:
+    """Two ends of one loopback TCP connection."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        outer = socket.create_connection(server.getsockname())
+        inner, _ = server.accept()
+    return outer, inner
+
+
+def _send_then_drain(sock: socket.socket, payload: bytes) -> bytes:
+    """Send C{payload}, half-close, read until the other side's EOF (blocking, in a thread)."""
+    import threading
+
+    received: list[bytes] = []
+
+    def read() -> None:
+        while chunk := sock.recv(1 << 16):
+            received.append(chunk)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    sock.sendall(payload)
+    sock.shutdown(socket.SHUT_WR)
+    reader.join(TIMEOUT)
+    sock.close()
+    return b"".join(received)
+
+
+class SpliceTests(TestCase):
+    """
+    L{splice.Splice} moves every byte both ways, passes half-closes on, and
+    says why when a side breaks.
+    """
+
+    timeout = TIMEOUT
+
+    def setUp(self) -> None:
+        if not splice.AVAILABLE:
+            raise SkipTest("splice(2) is Linux-only")
+
+    def start(self) -> tuple[Any, Any, Deferred[str | None], list[int]]:
+        client, client_near = _pair()
+        server_near, server = _pair()
+        for sock in (client_near, server_near):
+            sock.setblocking(False)
+            self.addCleanup(sock.close)
+        done: Deferred[str | None] = Deferred()
+        counts = [0, 0]
+
+        def moved(index: int) -> Any:
+            def count(n: int) -> None:
+                counts[index] += n
+            return count
+
+        pump = splice.Splice(reactor, client_near, server_near, moved(0), moved(1), done.callback)
+        self.addCleanup(pump.stop)
+        pump.start()
+        return client, server, done, counts
+
+    @inlineCallbacks
+    def test_both_ways(self) -> Any:
+        """Several MiB each way arrive byte-exact and counted; both half-closes end the splice with C{None}."""
+        up, down = os.urandom(5 << 20), os.urandom(3 << 20)
+        client, server, done, counts = self.start()
+        at_client, at_server = yield gatherResults(
+            [deferToThread(_send_then_drain, client, up), deferToThread(_send_then_drain, server, down)]
+        )
+        self.assertEqual(hashlib.sha256(at_server).digest(), hashlib.sha256(up).digest())
+        self.assertEqual(hashlib.sha256(at_client).digest(), hashlib.sha256(down).digest())
+        self.assertEqual(counts, [len(up), len(down)])
+        reason = yield done
+        self.assertIsNone(reason)
+
+    @inlineCallbacks
+    def test_half_close_keeps_other_way(self) -> Any:
+        """A client that half-closes at once still gets everything the server sends after."""
+        reply = os.urandom(2 << 20)
+        client, server, done, _ = self.start()
+
+        def server_side() -> None:
+            assert server.recv(1) == b""  # the client's FIN came through
+            server.sendall(reply)
+            server.close()
+
+        at_client, _ = yield gatherResults([deferToThread(_send_then_drain, client, b""), deferToThread(server_side)])
+        self.assertEqual(at_client, reply)
+        self.assertIsNone((yield done))
+
+    @inlineCallbacks
+    def test_reset(self) -> Any:
+        """A server that resets: the splice ends naming the server."""
+        client, server, done, _ = self.start()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        server.close()
+        reason = yield done
+        client.close()
+        self.assertTrue(reason.startswith("server connection lost: "), reason)
+
+
+class _Finished:
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+        self.deferred: Deferred[str] = Deferred()
+
+    def __call__(self, reason: str) -> None:
+        self.reasons.append(reason)
+        self.deferred.callback(reason)
+
+
+class TunnelSpliceTests(TestCase):
+    """
+    A tunnel between two real TCP connections switches to splice once it
+    carried L{SPLICE_AFTER} bytes, and loses and counts nothing doing so.
+    """
+
+    timeout = TIMEOUT
+
+    def setUp(self) -> None:
+        if not splice.AVAILABLE:
+            raise SkipTest("splice(2) is Linux-only")
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    @inlineCallbacks
+    def tunnel(self, up: bytes, down: bytes) -> Any:
+        """Client → tunnel → origin with C{up}, and C{down} back; what each end got."""
+        origin = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(origin.close)
+        accepted = deferToThread(origin.accept)
+        upstream = yield Connector(reactor).connect("127.0.0.1", origin.getsockname()[1])
+        origin_sock, _ = yield accepted
+        session = Session("s-splice", "explicit", Address("127.0.0.1", 1), 0.0)
+        finished = _Finished()
+        context = HandoffContext(
+            session=session, reactor=reactor, upstream=upstream, idle_timeout=60.0,
+            protocol_error=lambda e, data: None, finished=finished,
+        )
+        port = reactor.listenTCP(0, Factory.forProtocol(lambda: Tunnel(context)), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client = socket.create_connection(("127.0.0.1", port.getHost().port))
+        at_origin, at_client = yield gatherResults(  # each end's result is what it received
+            [deferToThread(_send_then_drain, origin_sock, down), deferToThread(_send_then_drain, client, up)]
+        )
+        reason = yield finished.deferred
+        return at_origin, at_client, session, reason
+
+    @inlineCallbacks
+    def test_bulk_is_spliced(self) -> Any:
+        """Megabytes each way: byte-exact, counted, closed by both sides, and spliced."""
+        up, down = os.urandom(4 << 20), os.urandom(6 << 20)
+        at_origin, at_client, session, reason = yield self.tunnel(up, down)
+        self.assertEqual(hashlib.sha256(at_origin).digest(), hashlib.sha256(up).digest())
+        self.assertEqual(hashlib.sha256(at_client).digest(), hashlib.sha256(down).digest())
+        self.assertEqual((session.bytes_in, session.bytes_out), (len(up), len(down)))
+        self.assertEqual(reason, "closed by both sides")
+        self.assertIn("tunnel {session}: splicing from here on", [e.get("log_format") for e in self.events])
+
+    @inlineCallbacks
+    def test_small_is_not_spliced(self) -> Any:
+        """A tunnel that stays under the threshold never makes pipes."""
+        up, down = os.urandom(SPLICE_AFTER // 4), os.urandom(SPLICE_AFTER // 4)
+        at_origin, at_client, _, reason = yield self.tunnel(up, down)
+        self.assertEqual((at_origin, at_client), (up, down))
+        self.assertEqual(reason, "closed by both sides")
+        self.assertNotIn("tunnel {session}: splicing from here on", [e.get("log_format") for e in self.events])
