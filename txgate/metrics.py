@@ -46,6 +46,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client import values
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from twisted.internet.error import ConnectionAborted
@@ -76,6 +77,26 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 """The environment variable naming the multiprocess directory."""
+
+_pid = os.getpid()
+
+
+def _process_identifier() -> int:
+    """
+    This process's id, kept rather than asked for: prometheus-client asks on
+    every increment to notice a fork, and getpid is a system call.
+    """
+    return _pid
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+if os.environ.get(MULTIPROC_ENV):
+    values.ValueClass = values.MultiProcessValue(_process_identifier)
 
 # The *_created samples double the exposition for a start time Prometheus
 # does not use; multiprocess mode never has them, so neither does one process.
