@@ -235,6 +235,13 @@ def start_txgate(children: Children, tmp: str, origin: Origin, intercept: bool, 
         f.write(f"{LOOPBACK} *.{DOMAIN}\n")
     if not _txgate_has_hosts_file():
         raise BenchError("this txgate has no [txgate] hosts_file to map *.bench.test to loopback")
+    # The same kind of issuer squid gets below (P-256): a leaf signed per
+    # new host name costs ~0.05 ms with it, ~0.3 ms with txgate's generated
+    # RSA-2048 issuer.
+    ca, ca_key = make_ca("txgate bench CA", *validity())
+    ca_pem, key_pem = os.path.join(d, "ca.pem"), os.path.join(d, "ca.key")
+    write_pem(ca_pem, ca)
+    write_pem(key_pem, key=ca_key)
     conf = os.path.join(d, "forward.toml")
 
     def write_conf(port: int) -> str:
@@ -247,6 +254,8 @@ def start_txgate(children: Children, tmp: str, origin: Origin, intercept: bool, 
                 f"hosts_file = {json.dumps(hosts)}\n"
                 "\n[admin]\nlisten = \"\"\n"
                 "\n[ssl]\n"
+                f"issuer_cert = {json.dumps(ca_pem)}\n"
+                f"issuer_key = {json.dumps(key_pem)}\n"
                 f"upstream_ca_bundle = {json.dumps(origin.ca_path)}\n"
                 "\n[[service]]\n"
                 'name = "explicit"\n'
@@ -261,7 +270,7 @@ def start_txgate(children: Children, tmp: str, origin: Origin, intercept: bool, 
         children, d, "txgate",
         lambda path: [twistd, "-n", "--pidfile=", "txgate", "forward", "--workers", str(workers), "--config", path],
         write_conf, marker="listening:", timeout=STARTUP_TIMEOUT, ready=lambda: os.path.exists(issuer))
-    return Running("txgate", proc.pid, port, issuer, os.path.join(d, "txgate.out"),
+    return Running("txgate", proc.pid, port, ca_pem, os.path.join(d, "txgate.out"),
                    f"[txgate] hosts_file: '{LOOPBACK} *.{DOMAIN}' (wildcard)", proc)
 
 
