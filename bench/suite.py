@@ -1102,6 +1102,10 @@ def print_table(results: dict[str, Any]) -> None:
                 notes.append(f"{scenario} {name}: {r['note']}")
             if r.get("error"):
                 notes.append(f"{scenario} {name}: {r['error']}")
+    if "S7" in results["scenarios"] and (results["cpus"] or 0) < 3:
+        notes.append(f"S7: the target (2 workers >= 1.7x one) assumes the clients have a core of their own; with"
+                     f" {results['cpus']} CPU(s) the two workers and the clients share them, so compare CPU-ms/req"
+                     " (equal figures: a second worker adds no cost per request)")
     if notes:
         out("\nnotes:")
         for n in notes:
