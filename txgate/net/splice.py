@@ -188,6 +188,7 @@ class Splice:
         """As many bytes as C{way} can take now, then a half-close once its source ended."""
         source, destination = way.source.socket, way.destination.socket
         for _ in range(ROUNDS):
+            got = PIPE_SIZE
             if not way.queued:
                 if way.eof:
                     break
@@ -209,7 +210,9 @@ class Splice:
             except OSError as e:
                 return self._failed(way.destination.side, e.strerror or str(e))
             way.queued -= sent
-            if way.queued:
+            if way.queued or got < PIPE_SIZE:
+                # Not all taken, or the source had less than a pipe's worth:
+                # the next try would most likely find nothing; wait for epoll.
                 return
         if way.eof and not way.queued and not way.shut:
             way.shut = True
