@@ -125,6 +125,23 @@ class SpliceTests(TestCase):
         self.assertTrue(reason.startswith("server connection lost: "), reason)
 
 
+def _receive_or_reset(sock: socket.socket, payload: bytes) -> bytes:
+    """L{_send_then_drain}, with a connection reset ending it like an EOF."""
+    try:
+        return _send_then_drain(sock, payload)
+    except ConnectionResetError:
+        sock.close()
+        return b"<reset>"
+
+
+def _send_then_reset(sock: socket.socket, payload: bytes) -> bytes:
+    """Send C{payload}, then reset the connection instead of closing it."""
+    sock.sendall(payload)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+    return b""
+
+
 class _Finished:
     def __init__(self) -> None:
         self.reasons: list[str] = []
@@ -151,8 +168,11 @@ class TunnelSpliceTests(TestCase):
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
 
     @inlineCallbacks
-    def tunnel(self, up: bytes, down: bytes) -> Any:
-        """Client → tunnel → origin with C{up}, and C{down} back; what each end got."""
+    def tunnel(self, up: bytes, down: bytes, origin_side: Any = _send_then_drain) -> Any:
+        """
+        Client → tunnel → origin with C{up}, and C{down} back (by
+        C{origin_side(socket, down)}, in a thread); what each end got.
+        """
         origin = socket.create_server(("127.0.0.1", 0))
         self.addCleanup(origin.close)
         accepted = deferToThread(origin.accept)
@@ -168,7 +188,7 @@ class TunnelSpliceTests(TestCase):
         self.addCleanup(port.stopListening)
         client = socket.create_connection(("127.0.0.1", port.getHost().port))
         at_origin, at_client = yield gatherResults(  # each end's result is what it received
-            [deferToThread(_send_then_drain, origin_sock, down), deferToThread(_send_then_drain, client, up)]
+            [deferToThread(origin_side, origin_sock, down), deferToThread(_receive_or_reset, client, up)]
         )
         reason = yield finished.deferred
         return at_origin, at_client, session, reason
@@ -192,3 +212,23 @@ class TunnelSpliceTests(TestCase):
         self.assertEqual((at_origin, at_client), (up, down))
         self.assertEqual(reason, "closed by both sides")
         self.assertNotIn("tunnel {session}: splicing from here on", [e.get("log_format") for e in self.events])
+
+    @inlineCallbacks
+    def test_reset_while_spliced(self) -> Any:
+        """An origin that resets mid-transfer ends the tunnel naming the server, and the client is closed."""
+        _, at_client, _, reason = yield self.tunnel(b"", os.urandom(4 << 20), origin_side=_send_then_reset)
+        self.assertTrue(reason.startswith("server connection lost: "), reason)
+        self.assertIn("tunnel {session}: splicing from here on", [e.get("log_format") for e in self.events])
+
+    @inlineCallbacks
+    def test_switch_loses_nothing(self) -> Any:
+        """
+        Twenty tunnels, each switching while both directions stream: the
+        switch races reads already under way, and none may lose a byte.
+        """
+        for _ in range(20):
+            up, down = os.urandom(1 << 20), os.urandom(1 << 20)
+            at_origin, at_client, _, reason = yield self.tunnel(up, down)
+            self.assertEqual((len(at_origin), len(at_client)), (len(up), len(down)))
+            self.assertTrue(at_origin == up and at_client == down, "bytes changed on the way")
+            self.assertEqual(reason, "closed by both sides")

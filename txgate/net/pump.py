@@ -73,6 +73,8 @@ class Tunnel(Protocol):
         if self._until_splice is not None and self._spliced(data, client_side=True):
             return
         self._upstream.transport.write(data)
+        if self._draining:
+            self._wait_for_drain(self._upstream.transport)
 
     def _moved_in(self, count: int) -> None:
         session = self._session
@@ -100,14 +102,23 @@ class Tunnel(Protocol):
         if splice.plain_socket(client) is None or splice.plain_socket(upstream) is None:
             return False  # half-closed or closing: stay on this path
         (upstream if client_side else client).write(data)
-        self._draining = [client, upstream]
-        for transport in self._draining:
+        for transport in (client, upstream):
             transport.unregisterProducer()
             transport.stopReading()
-        for transport in (client, upstream):
+        self._wait_for_drain(client, upstream)
+        return True
+
+    def _wait_for_drain(self, *transports: Any) -> None:
+        """
+        Hear when C{transports} have sent what Twisted queued. Also for bytes
+        a read already under way delivers after C{stopReading}: the reactor
+        still runs the events of its current poll.
+        """
+        added = [t for t in transports if t not in self._draining]
+        self._draining.extend(added)  # all of them before the first answer
+        for transport in added:
             # A pull producer is asked for more once its consumer's buffer is empty.
             transport.registerProducer(_Drained(self, transport), False)
-        return True
 
     def _drained(self, transport: object) -> None:
         """Once both sides sent what Twisted queued: splice, or back to copying if that cannot be."""
@@ -128,8 +139,10 @@ class Tunnel(Protocol):
             self._log.info("tunnel {session}: not spliced ({error}); copying", session=self._session.id, error=e)
             upstream.registerProducer(client, True)
             client.registerProducer(upstream, True)
-            client.resumeProducing()
-            upstream.resumeProducing()
+            if not self._client_eof:
+                client.resumeProducing()
+            if not self._upstream_eof:
+                upstream.resumeProducing()
             return
         self._splice = pump
         self._log.debug("tunnel {session}: splicing from here on", session=self._session.id)
@@ -176,6 +189,8 @@ class Tunnel(Protocol):
         if self._until_splice is not None and self._spliced(data, client_side=False):
             return
         self.transport.write(data)
+        if self._draining:
+            self._wait_for_drain(self.transport)
 
     def upstream_eof(self) -> None:
         self._upstream_eof = True
