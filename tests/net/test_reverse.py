@@ -25,21 +25,26 @@ import h11
 from OpenSSL import crypto
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import CertificateOptions
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
 from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
-from twisted.trial.unittest import TestCase
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from cryptography.hazmat.primitives import serialization
 
 from txgate.config import HealthCheckConfig, PersistenceConfig, RealServerConfig, VirtualServiceConfig
+from txgate.net.realservers import IdlePool
 from txgate.net.reverse import EspLogs, ReverseProxyFactory, VirtualService
 from txgate.net.sni import load_server_tls
+from txgate.net.upstream import Upstream
 from txgate.reverse.persistence import CookieSigner
 from txgate.testing import make_ca, make_server_cert, write_pem
 
@@ -1070,3 +1075,72 @@ class ProxyHeaderTests(_ReverseCase):
             self.assertEqual((peer.host, peer.port), ("127.0.0.1", c.local_port))
 
         return self.in_thread(body)
+
+
+class IdlePoolTests(SynchronousTestCase):
+    """The keep-alive pool of one real server (L{txgate.net.realservers.IdlePool})."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.pool = IdlePool(self.clock, 2)
+
+    def connect(self) -> Upstream:
+        upstream = Upstream()
+        upstream.makeConnection(StringTransport())
+        return upstream
+
+    def test_newest_first(self) -> None:
+        """The connection put last is taken first; an empty pool gives C{None}."""
+        first, second = self.connect(), self.connect()
+        self.pool.put(first)
+        self.pool.put(second)
+        self.assertIs(self.pool.take(), second)
+        self.assertIs(self.pool.take(), first)
+        self.assertIsNone(self.pool.take())
+
+    def test_full(self) -> None:
+        """Past C{max_idle}, a connection put is closed instead of kept."""
+        upstreams = [self.connect() for _ in range(3)]
+        for upstream in upstreams:
+            self.pool.put(upstream)
+        self.assertTrue(upstreams[2].transport.disconnecting)
+        self.assertFalse(upstreams[0].transport.disconnecting)
+
+    def test_idle_timeout(self) -> None:
+        """Each connection is closed C{idle_timeout} after it was put, not before, by one timer."""
+        old, new = self.connect(), self.connect()
+        self.pool.put(old)
+        self.clock.advance(10)
+        self.pool.put(new)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(self.pool.idle_timeout - 10)
+        self.assertTrue(old.transport.disconnecting)
+        self.assertFalse(new.transport.disconnecting)
+        self.clock.advance(10)
+        self.assertTrue(new.transport.disconnecting)
+        self.assertIsNone(self.pool.take())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_server_speaks_while_idle(self) -> None:
+        """Bytes from an idle connection close it and take it out of the pool."""
+        upstream = self.connect()
+        self.pool.put(upstream)
+        upstream.dataReceived(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
+        self.assertTrue(upstream.transport.disconnecting)
+        self.assertIsNone(self.pool.take())
+
+    def test_closed_while_idle(self) -> None:
+        """A connection lost while idle is not handed out."""
+        upstream = self.connect()
+        self.pool.put(upstream)
+        upstream.connectionLost(Failure(ConnectionDone()))
+        self.assertIsNone(self.pool.take())
+
+    def test_close_all(self) -> None:
+        """Shutting down closes every idle connection and the timer."""
+        upstreams = [self.connect(), self.connect()]
+        for upstream in upstreams:
+            self.pool.put(upstream)
+        self.pool.close_all()
+        self.assertTrue(all(u.transport.disconnecting for u in upstreams))
+        self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -12,19 +12,20 @@ from typing import Any
 from cryptography import x509
 from OpenSSL import crypto
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IStreamClientEndpoint
 from twisted.internet.ssl import Certificate, optionsForClientTLS, platformTrust, trustRootFromCertificates
 from twisted.python.failure import Failure
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from txgate.config import RealServerConfig
 from txgate.errors import ConfigError
-from txgate.net.upstream import Upstream, UpstreamPool, _UpstreamFactory
+from txgate.net.upstream import Upstream, _UpstreamFactory
 from txgate.reverse.balancing import RealServer
 
-__all__ = ["Backend", "RealServerConnector", "client_tls"]
+__all__ = ["Backend", "IdlePool", "RealServerConnector", "client_tls"]
 
 
 def client_tls(config: RealServerConfig) -> IOpenSSLClientConnectionCreator:
@@ -74,6 +75,30 @@ class _HeaderEndpoint:
         return d.addCallback(lambda wrapper: wrapper.wrappedProtocol)
 
 
+class _UnbufferedTLSFactory(TLSMemoryBIOFactory):
+    """
+    TLS whose writes are encrypted at once. Twisted's default holds each
+    write for a C{callLater(0)} to merge small ones; the proxy already
+    writes a request head whole and body pieces as they come, so that
+    timer per request only costs.
+    """
+
+    protocol = TLSMemoryBIOProtocol
+
+
+@implementer(IStreamClientEndpoint)
+class _TLSEndpoint:
+    """C{wrapClientTLS}, with L{_UnbufferedTLSFactory}."""
+
+    def __init__(self, creator: IOpenSSLClientConnectionCreator, inner: Any) -> None:
+        self._creator = creator
+        self._inner = inner
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        d = self._inner.connect(_UnbufferedTLSFactory(self._creator, True, factory))
+        return d.addCallback(lambda wrapper: wrapper.wrappedProtocol)
+
+
 class _Counted(Upstream):
     """An upstream connection counted in its real server's C{connections}."""
 
@@ -112,8 +137,94 @@ class RealServerConnector:
         if header:
             endpoint = _HeaderEndpoint(endpoint, header)
         if self._tls is not None:
-            endpoint = wrapClientTLS(self._tls, endpoint)
+            endpoint = _TLSEndpoint(self._tls, endpoint)
         return endpoint.connect(_CountingFactory(self._state))
+
+
+class _IdleWatcher:
+    """
+    The receiver of an idle pooled connection: a server that speaks or
+    closes while idle loses its place in the pool.
+    """
+
+    __slots__ = ("_pool", "_upstream")
+
+    def __init__(self, pool: "IdlePool", upstream: Upstream) -> None:
+        self._pool = pool
+        self._upstream = upstream
+
+    def upstream_data(self, data: bytes) -> None:
+        self._pool.discard(self._upstream)
+        self._upstream.transport.loseConnection()
+
+    def upstream_eof(self) -> None:
+        self.upstream_data(b"")
+
+    def upstream_lost(self, reason: Failure) -> None:
+        self._pool.discard(self._upstream)
+
+
+class IdlePool:
+    """
+    The idle keep-alive connections to one real server, newest taken first.
+
+    Unlike L{txgate.net.upstream.UpstreamPool} it has one server, so no key
+    is built per request, and no timer per connection: each connection
+    keeps the time it was put, and one timer closes those idle for
+    C{idle_timeout}, so a kept-alive request costs no heap operation.
+    """
+
+    idle_timeout = 60.0
+
+    def __init__(self, clock: Any, max_idle: int) -> None:
+        self._clock = clock
+        self.max_idle = max_idle
+        self._idle: list[tuple[Upstream, float]] = []
+        """Oldest first: put appends, take pops the newest."""
+        self._timer: Any = None
+
+    def take(self) -> Upstream | None:
+        """The newest idle connection still open, or C{None}."""
+        idle = self._idle
+        while idle:
+            upstream, _ = idle.pop()
+            if upstream.lost is None and not upstream.eof:
+                return upstream
+        return None
+
+    def put(self, upstream: Upstream) -> None:
+        """Keep C{upstream} for reuse, or close it when the pool is full."""
+        if upstream.lost is not None or upstream.eof or len(self._idle) >= self.max_idle:
+            upstream.transport.loseConnection()
+            return
+        upstream.attach(_IdleWatcher(self, upstream))
+        self._idle.append((upstream, self._clock.seconds()))
+        if self._timer is None:
+            self._timer = self._clock.callLater(self.idle_timeout, self._expire)
+
+    def discard(self, upstream: Upstream) -> None:
+        self._idle[:] = [(u, since) for u, since in self._idle if u is not upstream]
+
+    def _expire(self) -> None:
+        """Close the connections idle for C{idle_timeout}; come back for the next oldest."""
+        self._timer = None
+        deadline = self._clock.seconds() - self.idle_timeout
+        idle = self._idle
+        expired = []
+        while idle and idle[0][1] <= deadline:
+            expired.append(idle.pop(0)[0])
+        if idle:
+            self._timer = self._clock.callLater(idle[0][1] - deadline, self._expire)
+        for upstream in expired:
+            upstream.transport.loseConnection()
+
+    def close_all(self) -> None:
+        idle, self._idle = self._idle, []
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        for upstream, _ in idle:
+            upstream.transport.loseConnection()
 
 
 class Backend:
@@ -126,16 +237,19 @@ class Backend:
         self.config = config
         self.state = RealServer(key=config.key, weight=config.weight)
         self.connector = RealServerConnector(reactor, config, connect_timeout, self.state)
-        self.pool = UpstreamPool(self.connector, reactor)  # type: ignore[arg-type]
-        self.pool.max_idle_per_key = pool_size
-        self.scheme = "https" if config.tls else "http"
+        self.pool = IdlePool(reactor, pool_size)
 
-    def get(self) -> Deferred[tuple[Upstream, bool]]:
-        """A pooled connection or a new one, and whether it was reused."""
-        return self.pool.get(self.scheme, self.config.host, self.config.port)
+    def idle(self) -> Upstream | None:
+        """A pooled connection, taken at once (no Deferred on the keep-alive path), or C{None}."""
+        return self.pool.take()
+
+    def connect(self) -> Deferred[tuple[Upstream, bool]]:
+        """A new connection, for the pool once its first exchange is over."""
+        d = self.connector.connect(self.config.host, self.config.port, self.config.tls)
+        return d.addCallback(lambda upstream: (upstream, False))
 
     def put(self, upstream: Upstream) -> None:
-        self.pool.put(self.scheme, self.config.host, self.config.port, upstream)
+        self.pool.put(upstream)
 
     def connect_own(self, header: bytes) -> Deferred[tuple[Upstream, bool]]:
         """A new connection no one else will share (PROXY header, NTLM)."""

@@ -17,7 +17,7 @@ import re
 from typing import Any, Callable, TextIO
 
 import h11
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -48,6 +48,8 @@ from txgate.reverse.persistence import CookiePersistence, CookieSigner, NoPersis
 from txgate.reverse.proxyv2 import proxy_v2_header
 
 __all__ = ["EspLogs", "VirtualService", "ReverseProxyFactory"]
+
+_END = h11.EndOfMessage()
 
 _BYTES_REPR = re.compile(r"bytearray\((b'.*?')\)")
 
@@ -110,6 +112,10 @@ class EspLogs:
         if directory:
             os.makedirs(directory, exist_ok=True)
         return open(path, "a", encoding="utf-8", buffering=1)
+
+    def enabled(self, log: str) -> bool:
+        """Whether C{log} is written: a line for a log that is off need not be formatted."""
+        return self._files[log] is not None
 
     def write(self, log: str, line: str) -> None:
         f = self._files[log]
@@ -266,11 +272,15 @@ class ReverseProxy(Protocol):
         """
         buffer = self._buffer
         buffer += data
-        if self._head_timer is None:
-            self._head_timer = self.service.reactor.callLater(self.service.config.header_timeout, self._head_timeout)
         try:
             end = head_end(buffer, self.service.config.max_header_size, self._scanned)
             if end is None:
+                # Armed only now: a kept-alive client's next head usually
+                # arrives whole, and a timer per request is two heap operations.
+                if self._head_timer is None:
+                    self._head_timer = self.service.reactor.callLater(
+                        self.service.config.header_timeout, self._head_timeout
+                    )
                 self._scanned = len(buffer)
                 return
             check_head(memoryview(buffer)[:end].tobytes())
@@ -341,15 +351,17 @@ class ReverseProxy(Protocol):
                 return
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return
-            if isinstance(event, h11.Request):
+            # h11's events are final classes under an ABC: a type test is
+            # cheaper than isinstance here, on every event of every request.
+            if type(event) is h11.Request:
                 self._request(event)
-            elif isinstance(event, h11.Data):
+            elif type(event) is h11.Data:
                 assert self._exchange is not None
                 self._exchange.client_data(event.data)
-            elif isinstance(event, h11.EndOfMessage):
+            elif type(event) is h11.EndOfMessage:
                 assert self._exchange is not None
-                self._exchange.client_end(list(event.headers))
-            elif isinstance(event, h11.ConnectionClosed):
+                self._exchange.client_end(event)
+            elif type(event) is h11.ConnectionClosed:
                 if self._exchange is None:
                     self._closing = True
                     self.transport.loseConnection()
@@ -451,7 +463,10 @@ class ReverseProxy(Protocol):
     def _request(self, request: h11.Request) -> None:
         service = self.service
         service.requests += 1
-        host = _header(request.headers, b"host")
+        # Listed once: h11's Headers iterates as a Sequence ABC, an item
+        # lookup per pair, and a request's headers are read several times.
+        headers = list(request.headers)
+        host = _header(headers, b"host")
         if service.hosts.match(host) is None:
             shown = host.decode("latin-1") if host is not None else "(none)"
             self._deny("host", shown, "not in allowed_hosts")
@@ -464,26 +479,26 @@ class ReverseProxy(Protocol):
         if not service.paths.allows(path):
             self._deny("path", path, "not in allowed_paths")
             return
-        backend, set_cookie = self._choose(request)
+        backend, set_cookie = self._choose(headers)
         if backend is None:
             self._log.warn("{service}: no real server is up", service=service.config.name)
             self.answer(503)
             return
-        exchange = _Exchange(self, request, target, backend, set_cookie)
+        exchange = _Exchange(self, request, headers, target, backend, set_cookie)
         self._exchange = exchange
         if exchange.chunked:
             self._chunks = ChunkedChecker()
         exchange.begin()
 
-    def _choose(self, request: h11.Request) -> tuple[Backend | None, bytes | None]:
-        """The real server for C{request} and the cookie to set, if any."""
+    def _choose(self, headers: list[tuple[bytes, bytes]]) -> tuple[Backend | None, bytes | None]:
+        """The real server for a request with C{headers} and the cookie to set, if any."""
         service = self.service
         own = self.own
         if own is not None and self.pin_auth:
             backend, upstream = own
             if backend.state.up and upstream.lost is None and not upstream.eof:
                 return backend, None
-        cookie = cookie_value(request.headers, service.cookie) if service.cookie else None
+        cookie = cookie_value(headers, service.cookie) if service.cookie else None
         choice = service.persistence.choose(
             cookie, self.client_ip, service.servers, service.scheduler, service.reactor.seconds()
         )
@@ -492,23 +507,27 @@ class ReverseProxy(Protocol):
         set_cookie = set_cookie_value(service.cookie, choice.set_cookie) if choice.set_cookie and service.cookie else None
         return service.by_key[choice.server.key], set_cookie
 
-    def connection_for(self, backend: Backend) -> Deferred[tuple[Upstream, bool]]:
+    def connection_for(self, backend: Backend) -> tuple[Upstream, bool] | Deferred[tuple[Upstream, bool]]:
         """
-        The backend connection for a request to C{backend}: this client's
-        own one when it has one for that server, a new own one when the
-        service sends PROXY headers, else the pool's.
+        The backend connection for a request to C{backend} and whether it
+        was reused: this client's own one when it has one for that server, a
+        new own one when the service sends PROXY headers, else the pool's.
+        One at hand comes as is, not in a Deferred (the keep-alive path).
         """
         own = self.own
         if own is not None:
             self.own = None
             own_backend, upstream = own
             if own_backend is backend and upstream.lost is None and not upstream.eof:
-                return succeed((upstream, True))
+                return upstream, True
             upstream.transport.loseConnection()
             self.pin_auth = False
         if self.service.config.send_proxy:
             return backend.connect_own(proxy_v2_header(self.peer, self.host))
-        return backend.get()
+        pooled = backend.idle()
+        if pooled is not None:
+            return pooled, True
+        return backend.connect()
 
     def keep_own(self, backend: Backend, upstream: Upstream) -> None:
         """Keep C{upstream} for this client's next request."""
@@ -594,10 +613,17 @@ class _Exchange:
     _log = Logger()
 
     def __init__(
-        self, proxy: ReverseProxy, request: h11.Request, target: bytes, backend: Backend, set_cookie: bytes | None
+        self,
+        proxy: ReverseProxy,
+        request: h11.Request,
+        headers: list[tuple[bytes, bytes]],
+        target: bytes,
+        backend: Backend,
+        set_cookie: bytes | None,
     ) -> None:
         self._proxy = proxy
         self._request = request
+        self._headers = headers
         self._target = target
         self._backend = backend
         self._set_cookie = set_cookie
@@ -611,14 +637,14 @@ class _Exchange:
         self._upstream_eof = False
         self._finished = False
         self._registered = False
-        self._upgrade = wants_upgrade(request.headers)
+        self._upgrade = wants_upgrade(headers)
         self._status: int | None = None
         self._began = proxy.service.reactor.seconds()
         self._body_watch: IdleWatch | None = None
-        names = [n for n, _ in request.headers]
+        names = [n for n, _ in headers]
         self.chunked = b"transfer-encoding" in names
         self._has_body = self.chunked or b"content-length" in names
-        self._expects = _header(request.headers, b"expect") is not None
+        self._expects = b"expect" in names
 
     def begin(self) -> None:
         """
@@ -639,8 +665,11 @@ class _Exchange:
         state = self._backend.state
         state.active += 1
         state.requests += 1
-        d = proxy.connection_for(self._backend)
-        d.addCallbacks(self._connected, self._connect_failed)
+        ready = proxy.connection_for(self._backend)
+        if type(ready) is tuple:
+            self._connected(ready)
+        else:
+            ready.addCallbacks(self._connected, self._connect_failed)
 
     def _connect_failed(self, failure: Failure) -> None:
         if self._finished:
@@ -661,26 +690,43 @@ class _Exchange:
         proxy = self._proxy
         request = self._request
         headers = upstream_request_headers(
-            list(request.headers), proxy.client_ip, proxy.service.proto, self._upgrade, chunked=self.chunked
+            self._headers, proxy.client_ip, proxy.service.proto, self._upgrade, chunked=self.chunked
         )
-        self._write_upstream(h11.Request(method=request.method, target=self._target, headers=headers))
+        # _parsed: the client's headers passed check_head and h11's parser,
+        # and the ones added above are built from the proxy's own values, so
+        # h11's field regexes need not run over them again (it still checks
+        # the method, the target and the framing headers).
+        self._write_upstream(
+            h11.Request(method=request.method, target=self._target, headers=headers, _parsed=True)
+        )
         for data in self._early:
             self._write_upstream(h11.Data(data=data))
         self._early = []
-        client, server = proxy.transport, upstream.transport
+        if self._has_body or self._upgrade:
+            self._register()
+        upstream.attach(self)
+        if self._finished:
+            return
+        if self._request_done:
+            self._write_upstream(_END)
+        else:
+            proxy.resume_reading()
+
+    def _register(self) -> None:
+        """
+        Make each side the other's producer, so neither buffers without
+        bound. A request without a body registers only once its response
+        outlasts one read from the real server (L{_pump}): most end within
+        it, and registering costs four calls into both TLS layers.
+        """
+        assert self._upstream is not None
+        client, server = self._proxy.transport, self._upstream.transport
         # The real server's connection ending must not end the client's (a
         # consumer stops its producer when it is lost): a stale pooled
         # connection is retried, a failure gets its 502.
         server.registerProducer(_Resumable(client), True)
         client.registerProducer(server, True)
         self._registered = True
-        upstream.attach(self)
-        if self._finished:
-            return
-        if self._request_done:
-            self._write_upstream(h11.EndOfMessage())
-        else:
-            proxy.resume_reading()
 
     def _write_upstream(self, event: Any) -> None:
         assert self._upstream is not None
@@ -701,7 +747,7 @@ class _Exchange:
         else:
             self._write_upstream(h11.Data(data=data))
 
-    def client_end(self, trailers: list[tuple[bytes, bytes]]) -> None:
+    def client_end(self, end: h11.EndOfMessage) -> None:
         self._request_done = True
         if self._body_watch is not None:
             self._body_watch.stop()
@@ -711,7 +757,7 @@ class _Exchange:
             return
         self._proxy.pause_reading()
         if self._upstream is not None:
-            self._write_upstream(h11.EndOfMessage(headers=trailers))
+            self._write_upstream(end)
 
     def client_lost(self, reason: Failure | None) -> None:
         if self._finished:
@@ -817,12 +863,14 @@ class _Exchange:
                     self._fail(502, f"malformed response from real server {self._backend.state.key}: {e}")
                 return
             if event is h11.NEED_DATA:
+                if not self._registered:
+                    self._register()
                 return
             if event is h11.PAUSED:
                 if upstream.h11.their_state is h11.SWITCHED_PROTOCOL:
                     self._switched(upstream)
                 return
-            if isinstance(event, h11.InformationalResponse):
+            if type(event) is h11.InformationalResponse:
                 if event.status_code == 101:
                     if not self._upgrade:
                         self._unregister()
@@ -839,32 +887,39 @@ class _Exchange:
                     )
                     continue
                 proxy.send(event)
-            elif isinstance(event, h11.Response):
+            elif type(event) is h11.Response:
                 self._response_started = True
                 self._status = event.status_code
-                if connection_auth(self._request.headers, event.status_code, event.headers):
+                if connection_auth(self._headers, event.status_code, event.headers):
                     proxy.pin_auth = True
-                rewrite = self._rewriter(event.headers)
+                headers = list(event.headers)
+                rewrite = self._rewriter(headers)
+                # _parsed: h11 read and checked these headers from the real
+                # server; what is added (Set-Cookie, a Location made of the
+                # client's checked Host and the server's checked value) is
+                # valid by construction, so they are not run through h11's
+                # field regexes a second time.
                 proxy.send(
                     h11.Response(
                         status_code=event.status_code,
-                        headers=downstream_response_headers(list(event.headers), rewrite, self._set_cookie, False),
+                        headers=downstream_response_headers(headers, rewrite, self._set_cookie, False),
                         reason=event.reason,
+                        _parsed=True,
                     )
                 )
-            elif isinstance(event, h11.Data):
+            elif type(event) is h11.Data:
                 proxy.send(event)
-            elif isinstance(event, h11.EndOfMessage):
-                proxy.send(h11.EndOfMessage(headers=list(event.headers)))
+            elif type(event) is h11.EndOfMessage:
+                proxy.send(event)
                 self._finish()
                 return
-            elif isinstance(event, h11.ConnectionClosed):
+            elif type(event) is h11.ConnectionClosed:
                 return
 
-    def _rewriter(self, headers: Any) -> Callable[[bytes], bytes] | None:
+    def _rewriter(self, headers: list[tuple[bytes, bytes]]) -> Callable[[bytes], bytes] | None:
         if not any(n == b"location" for n, _ in headers):
             return None
-        host = _header(self._request.headers, b"host") or b""
+        host = _header(self._headers, b"host") or b""
         return location_rewriter(host, self._proxy.service.proto, self._proxy.service.internal)
 
     def _switched(self, upstream: Upstream) -> None:
@@ -898,7 +953,9 @@ class _Exchange:
     def _user_log(self) -> None:
         proxy = self._proxy
         service = proxy.service
-        headers = self._request.headers
+        if not service.logs.enabled("user"):
+            return
+        headers = self._headers
         user = user_of(_header(headers, b"authorization"))
         agent = _header(headers, b"user-agent")
         config = self._backend.config
