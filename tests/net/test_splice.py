@@ -21,6 +21,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from txgate.interfaces import HandoffContext
 from txgate.net import splice
 from txgate.net.pump import SPLICE_AFTER, Tunnel
+from txgate.net.msturn import MsTurnRelay
 from txgate.net.upstream import Connector
 from txgate.session import Address, Session
 
@@ -168,7 +169,7 @@ class TunnelSpliceTests(TestCase):
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
 
     @inlineCallbacks
-    def tunnel(self, up: bytes, down: bytes, origin_side: Any = _send_then_drain) -> Any:
+    def tunnel(self, up: bytes, down: bytes, origin_side: Any = _send_then_drain, handler: Any = Tunnel) -> Any:
         """
         Client → tunnel → origin with C{up}, and C{down} back (by
         C{origin_side(socket, down)}, in a thread); what each end got.
@@ -184,7 +185,7 @@ class TunnelSpliceTests(TestCase):
             session=session, reactor=reactor, upstream=upstream, idle_timeout=60.0,
             protocol_error=lambda e, data: None, finished=finished,
         )
-        port = reactor.listenTCP(0, Factory.forProtocol(lambda: Tunnel(context)), interface="127.0.0.1")
+        port = reactor.listenTCP(0, Factory.forProtocol(lambda: handler(context)), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         client = socket.create_connection(("127.0.0.1", port.getHost().port))
         at_origin, at_client = yield gatherResults(  # each end's result is what it received
@@ -232,3 +233,12 @@ class TunnelSpliceTests(TestCase):
             self.assertEqual((len(at_origin), len(at_client)), (len(up), len(down)))
             self.assertTrue(at_origin == up and at_client == down, "bytes changed on the way")
             self.assertEqual(reason, "closed by both sides")
+
+    @inlineCallbacks
+    def test_observed_relay_not_spliced(self) -> Any:
+        """The MS-TURN relay reads every byte it relays (its observer), so it never splices."""
+        up, down = os.urandom(2 << 20), os.urandom(2 << 20)
+        at_origin, at_client, session, reason = yield self.tunnel(up, down, handler=MsTurnRelay)
+        self.assertEqual((at_origin, at_client), (up, down))
+        self.assertEqual((session.bytes_in, session.bytes_out), (len(up), len(down)))
+        self.assertNotIn("tunnel {session}: splicing from here on", [e.get("log_format") for e in self.events])

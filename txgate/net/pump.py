@@ -43,6 +43,9 @@ class Tunnel(Protocol):
 
     _log = Logger()
 
+    spliceable = True
+    """Whether bulk bytes may bypass L{dataReceived} and L{upstream_data}; off for subclasses that read them."""
+
     def __init__(self, context: HandoffContext) -> None:
         self._context = context
         self._session = context.session
@@ -63,7 +66,7 @@ class Tunnel(Protocol):
         upstream.registerProducer(client, True)
         client.registerProducer(upstream, True)
         self._idle = IdleWatch(self._context.reactor, self._context.idle_timeout, self._timed_out)
-        if splice.AVAILABLE and splice.plain_socket(client) and splice.plain_socket(upstream):
+        if self.spliceable and splice.AVAILABLE and splice.plain_socket(client) and splice.plain_socket(upstream):
             self._until_splice = SPLICE_AFTER
         self._upstream.attach(self)
 

@@ -55,6 +55,7 @@ class SipHandler(Tunnel):
     """
 
     _log = Logger()
+    spliceable = False  # every byte goes through the SIP reader
 
     def __init__(self, context: HandoffContext) -> None:
         super().__init__(context)
