@@ -15,6 +15,8 @@ from typing import Any
 import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL
+from OpenSSL._util import lib as _lib
 from OpenSSL.crypto import PKey, X509
 from twisted.internet import defer, protocol, reactor, ssl, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -26,7 +28,7 @@ from zope.interface import implementer
 from txgate.accesslog import AccessLog
 from txgate.config import SSLConfig, ServiceConfig
 from txgate.net.explicit import ExplicitProxyFactory
-from txgate.net.intercept import interception_state
+from txgate.net.intercept import _predict_key_share, _renew_bios, interception_state, key_shares_for
 from txgate.net.pipeline import PipelineSettings
 from txgate.net.upstream import Connector, UpstreamPool
 from txgate.pki.authority import Authority
@@ -83,12 +85,15 @@ class _Hello(resource.Resource):
     isLeaf = True
     reused: list[bool] = []
     """Whether each request's TLS connection resumed a session, as the origin saw it."""
+    groups: list[str | None] = []
+    """The key exchange group of each request's TLS connection."""
 
     def render_GET(self, request: Any) -> bytes:
         from OpenSSL._util import lib  # pyOpenSSL does not expose SSL_session_reused
 
         handle = request.channel.transport.getHandle()
         _Hello.reused.append(bool(lib.SSL_session_reused(handle._ssl)))
+        _Hello.groups.append(handle.get_group_name())
         return b"hello " + request.uri
 
 
@@ -266,6 +271,21 @@ class InterceptionTests(_ProxyCase):
         self.assertEqual(len(interception_state(self.settings).sessions), 1)
         self.assertEqual(_Hello.reused[-2:], [False, True])
 
+    async def test_upstream_key_share_predicted(self) -> None:
+        """
+        The key exchange group an origin chose is remembered, and the next
+        connection to it gets the same group (its one key share predicted).
+        """
+        origin = self.listen_origin(("origin.test",))
+        proxy = self.start_proxy(INTERCEPT)
+        await self.fetch(proxy, origin)
+        group = interception_state(self.settings).sessions.group(("origin.test", "127.0.0.1", origin))
+        self.assertIsNotNone(group)
+        self.assertEqual(group, _Hello.groups[-1])
+        second = await self.fetch(proxy, origin)
+        self.assertIn(b"hello /x", second["body"])
+        self.assertEqual(_Hello.groups[-1], group)
+
     async def test_untrusted_session_not_kept(self) -> None:
         """An origin whose certificate failed verification is never resumed: it is verified again each time."""
         origin = self.listen_origin(("elsewhere.test",))
@@ -363,3 +383,79 @@ def _unknown_after_handshake(client: _Client) -> Any:
             client.transport.write(b"\x00\x01 this is no protocol txgate knows, but long enough to tell\r\n")
 
     return data_received
+
+
+def _memory_pair(server_groups: bytes | None = None) -> tuple[SSL.Connection, SSL.Connection]:
+    """An accepting and a connecting pyOpenSSL connection over memory BIOs, not yet handshaking."""
+    now = datetime.datetime.now(UTC)
+    ca, ca_key = make_ca("memory CA", now - datetime.timedelta(days=1), now + datetime.timedelta(days=30))
+    cert, key = make_server_cert(ca, ca_key, ["memory.test"], not_before=now - datetime.timedelta(days=1), not_after=now + datetime.timedelta(days=30))
+    server_context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    server_context.use_certificate(X509.from_cryptography(cert))
+    server_context.use_privatekey(PKey.from_cryptography_key(key))
+    if server_groups is not None:
+        assert _lib.SSL_CTX_set1_curves_list(server_context._context, server_groups) == 1
+    server_side = SSL.Connection(server_context, None)
+    server_side.set_accept_state()
+    client_side = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), None)
+    client_side.set_connect_state()
+    return server_side, client_side
+
+
+def _exchange(a: SSL.Connection, b: SSL.Connection) -> None:
+    """Move bytes both ways until neither side has any to send."""
+    for _ in range(10):
+        for one in (a, b):
+            try:
+                one.do_handshake()
+            except SSL.WantReadError:
+                pass
+        moved = False
+        for source, sink in ((a, b), (b, a)):
+            try:
+                sink.bio_write(source.bio_read(65536))
+                moved = True
+            except SSL.WantReadError:
+                pass
+        if not moved:
+            return
+
+
+class MemoryTLSTests(TestCase):
+    """What an idle intercepted connection keeps: memory BIOs and key shares."""
+
+    def test_key_shares_for(self) -> None:
+        """One key share, for the group named (in any case); every group still offered."""
+        shares = key_shares_for("x25519")
+        assert shares is not None
+        self.assertEqual(shares.count(b"*"), 1)
+        self.assertIn(b"?*X25519:", shares)
+        self.assertIn(b"?X25519MLKEM768:", shares)
+        self.assertIsNone(key_shares_for("brainpoolP256r1"))
+
+    def test_wrong_prediction_retried(self) -> None:
+        """A server that wants another group than the one predicted gets it, after a HelloRetryRequest."""
+        server_side, client_side = _memory_pair(b"P-256")
+        _predict_key_share(client_side, "x25519")
+        _exchange(client_side, server_side)
+        self.assertEqual(client_side.get_group_name(), "secp256r1")
+        client_side.send(b"ping")
+        _exchange(client_side, server_side)
+        self.assertEqual(server_side.recv(10), b"ping")
+
+    def test_bios_renewed(self) -> None:
+        """Once drained, the handshake's BIOs are swapped for empty ones, and the connection carries on."""
+        server_side, client_side = _memory_pair()
+        _exchange(client_side, server_side)
+        client_side.send(b"pending")
+        self.assertFalse(_renew_bios(client_side))  # bytes still to send
+        _exchange(client_side, server_side)
+        self.assertFalse(_renew_bios(client_side))  # the server's session tickets, not read yet
+        self.assertRaises(SSL.WantReadError, client_side.recv, 10)
+        old = client_side._into_ssl, client_side._from_ssl  # type: ignore[attr-defined]
+        self.assertTrue(_renew_bios(client_side))
+        self.assertNotEqual((client_side._into_ssl, client_side._from_ssl), old)  # type: ignore[attr-defined]
+        self.assertEqual(server_side.recv(10), b"pending")
+        server_side.send(b"pong")
+        _exchange(client_side, server_side)
+        self.assertEqual(client_side.recv(10), b"pong")

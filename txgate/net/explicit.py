@@ -401,6 +401,9 @@ class ExplicitProxy(Delegating):
         transaction.upstream = "new"
         self.send(h11.Response(status_code=200, headers=[], reason=b"Connection established"))
         replay, _ = self._conn.trailing_data
+        # The stream is the pipeline's now: this connection's HTTP state is
+        # never read again, and an idle tunnel need not keep it.
+        del self._conn
         session = self.session
         session.destination = Address(target.host, target.port)
         if self._idle is not None:

@@ -28,6 +28,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from OpenSSL import SSL
 from OpenSSL.crypto import PKey, X509
+
+try:  # the OpenSSL binding under pyOpenSSL, for the two calls it does not wrap (see below)
+    from OpenSSL._util import ffi as _ffi, lib as _lib
+except ImportError:  # pragma: no cover - a pyOpenSSL laid out otherwise
+    _ffi = _lib = None
 from service_identity.cryptography import verify_certificate_hostname, verify_certificate_ip_address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
@@ -99,6 +104,10 @@ class TLSUpstream(Upstream):
         """The TCP connection under the TLS layer already sends at once."""
 
     def handshakeCompleted(self) -> None:
+        if self.sessions is not None and self.resume is not None:
+            group = self.transport.getHandle().get_group_name()  # type: ignore[union-attr]
+            if group is not None:
+                self.sessions.put_group(self.resume, group)
         d, self.handshake = self.handshake, None
         if d is not None:
             d.callback(self)
@@ -168,6 +177,9 @@ class Decrypted(Delegating):
 
     def handshakeCompleted(self) -> None:
         self.hand_over(self._start(self))
+        # Both callables hold the interception request (ClientHello, context,
+        # decision) for as long as the connection lives; neither runs again.
+        self._start = self._failed = _spent
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         if self._delegate is None:
@@ -177,12 +189,69 @@ class Decrypted(Delegating):
         super().connectionLost(reason)
 
 
+_CAN_RENEW_BIOS = _lib is not None and all(
+    hasattr(_lib, name) for name in ("BIO_get_mem_data", "BIO_new", "BIO_s_mem", "BIO_free", "SSL_set_bio")
+)
+_CAN_PREDICT_KEY_SHARE = _lib is not None and hasattr(_lib, "SSL_set1_curves_list")
+
+
+def _renew_bios(connection: SSL.Connection) -> bool:
+    """
+    Give C{connection} new, empty memory BIOs once both of its own are
+    drained, and free the old ones.
+
+    A memory BIO keeps the largest buffer it ever held, and the handshake
+    flights are the largest thing most connections ever carry: an idle
+    intercepted connection would keep about 5 KiB of them for its two TLS
+    layers. pyOpenSSL offers no way to swap BIOs, so this reaches into its
+    C{_ssl}, C{_into_ssl} and C{_from_ssl}; a pyOpenSSL without them keeps
+    its BIOs.
+
+    @return: whether the BIOs were renewed (or cannot be): C{False} while
+        either still holds bytes.
+    """
+    ssl = getattr(connection, "_ssl", None)
+    into, out = getattr(connection, "_into_ssl", None), getattr(connection, "_from_ssl", None)
+    if ssl is None or into is None or out is None or not _CAN_RENEW_BIOS:
+        return True
+    if _lib.BIO_get_mem_data(into, _ffi.NULL) or _lib.BIO_get_mem_data(out, _ffi.NULL):
+        return False
+    fresh_into, fresh_out = _lib.BIO_new(_lib.BIO_s_mem()), _lib.BIO_new(_lib.BIO_s_mem())
+    if fresh_into == _ffi.NULL or fresh_out == _ffi.NULL:
+        for bio in (fresh_into, fresh_out):
+            if bio != _ffi.NULL:
+                _lib.BIO_free(bio)
+        return True
+    _lib.SSL_set_bio(ssl, fresh_into, fresh_out)  # frees the old pair
+    connection._into_ssl, connection._from_ssl = fresh_into, fresh_out  # type: ignore[attr-defined]
+    return True
+
+
+def _spent(*args: Any) -> Any:
+    """Stands in for a callback dropped once used, so that a second call fails loudly."""
+    raise AssertionError("called after the client's TLS handshake was done")
+
+
 class _TLSLayer(BufferingTLSTransport):
     """
     Twisted's TLS layer, except that closing reads again: a TLS close waits
     for the peer's close_notify, which a connection paused for backpressure
-    (or between two requests) would never read.
+    (or between two requests) would never read; and that the memory BIOs
+    grown by the handshake are replaced by small ones once it is done
+    (L{_renew_bios}).
     """
+
+    _bios_renewed = False
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        # Twisted's own state (getattr: a Twisted without it never renews).
+        if not self._bios_renewed and getattr(self, "_handshakeDone", False) and not getattr(
+            self, "_lostTLSConnection", True
+        ):
+            connection = self.getHandle()
+            if connection is not None:
+                self._bios_renewed = _renew_bios(connection)
 
     def loseConnection(self) -> None:
         transport = self.transport
@@ -207,14 +276,28 @@ class SessionCache:
     TLS sessions of upstream servers whose certificate verified, by server
     name and port, least recently used dropped first: the next connection
     resumes (no certificate chain to send, parse and verify again).
+
+    Also the key exchange group each server chose last (L{group}), verified
+    or not: it is only a guess of which key share to send.
     """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._sessions: collections.OrderedDict[Hashable, SSL.Session] = collections.OrderedDict()
+        self._groups: collections.OrderedDict[Hashable, str] = collections.OrderedDict()
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+    def group(self, key: Hashable) -> str | None:
+        """The key exchange group the server at C{key} chose last, or C{None}."""
+        return self._groups.get(key)
+
+    def put_group(self, key: Hashable, group: str) -> None:
+        self._groups[key] = group
+        self._groups.move_to_end(key)
+        while len(self._groups) > self.capacity:
+            self._groups.popitem(last=False)
 
     def get(self, key: Hashable) -> SSL.Session | None:
         session = self._sessions.get(key)
@@ -227,6 +310,44 @@ class SessionCache:
         self._sessions.move_to_end(key)
         while len(self._sessions) > self.capacity:
             self._sessions.popitem(last=False)
+
+
+UPSTREAM_GROUPS = ("X25519MLKEM768", "X25519", "secp256r1", "X448", "secp384r1", "secp521r1", "ffdhe2048", "ffdhe3072")
+"""
+The key exchange groups offered upstream once a server's choice is known: the
+default list of OpenSSL 3.5 and later, in its order. With no better guess
+(the first connection to a server) OpenSSL's default applies, with key shares
+for the first two; the hybrid
+post-quantum one costs about 10 KiB per connection for as long as the
+connection lives (OpenSSL keeps every key share it generated), even when the
+server picks X25519.
+"""
+
+
+def key_shares_for(group: str) -> bytes | None:
+    """
+    The OpenSSL groups list offering every group of L{UPSTREAM_GROUPS} with
+    a key share for C{group} alone (C{?}: skipped where this OpenSSL lacks
+    it), or C{None} for a group not in it. A server that now wants another
+    group asks for it (HelloRetryRequest): one more round trip, never a
+    weaker exchange.
+    """
+    group = group.lower()  # OpenSSL names X25519 "x25519" when it reports the group chosen
+    if group not in (g.lower() for g in UPSTREAM_GROUPS):
+        return None
+    return ":".join(("?*" if g.lower() == group else "?") + g for g in UPSTREAM_GROUPS).encode("ascii")
+
+
+def _predict_key_share(connection: SSL.Connection, group: str) -> None:
+    """
+    Send only the key share of C{group}, the one the server chose last time
+    (as browsers predict it). pyOpenSSL has no per-connection groups call,
+    so this uses its C{_ssl}; an OpenSSL refusing the list keeps its default.
+    """
+    shares = key_shares_for(group)
+    ssl = getattr(connection, "_ssl", None)
+    if shares is not None and ssl is not None and _CAN_PREDICT_KEY_SHARE:
+        _lib.SSL_set1_curves_list(ssl, shares)
 
 
 @implementer(IOpenSSLClientConnectionCreator)
@@ -243,6 +364,9 @@ class _UpstreamSide:
             session = upstream.sessions.get(upstream.resume)
             if session is not None:
                 connection.set_session(session)
+            group = upstream.sessions.group(upstream.resume)
+            if group is not None:
+                _predict_key_share(connection, group)
         if upstream.sni:
             connection.set_tlsext_host_name(upstream.sni.encode("ascii"))
         if upstream.alpn:

@@ -361,7 +361,8 @@ class Pipeline(Protocol):
             return
         self._intercepting = False
         self.transport.resumeProducing()
-        self._owner.hand_over(protocol, self._buffer)
+        buffer, self._buffer = self._buffer, b""  # the TLS layer has it now
+        self._owner.hand_over(protocol, buffer)
 
     def _not_intercepted(self, failure: Failure) -> None:
         if not self._intercepting:
