@@ -276,8 +276,8 @@ class HandshakeTests(SynchronousTestCase):
         """A client's TLS alert is C{client-rejected}; a client closing without one is C{other}."""
         delta = _Delta(*_failures("client"))
         failed: list[str] = []
-        Decrypted(SSL.Context(SSL.TLS_SERVER_METHOD), None, lambda owner: None, failed.append).connectionLost(_ssl_error())
-        Decrypted(SSL.Context(SSL.TLS_SERVER_METHOD), None, lambda owner: None, failed.append).connectionLost(
+        Decrypted(None, None, lambda owner: None, failed.append).connectionLost(_ssl_error())
+        Decrypted(None, None, lambda owner: None, failed.append).connectionLost(
             Failure(ConnectionDone())
         )
         self.assertEqual(len(failed), 2)
@@ -318,8 +318,8 @@ class CertificateCacheTests(SynchronousTestCase):
         self.assertIsNone(interception_cache(authority))
         state = interception_state(types.SimpleNamespace(ssl=ssl, authority=authority, reactor=Clock()))
         template = template_from_upstream(upstream_cert(), now=NOW)
-        first = state.context_for(template, KEY_TYPE_ECDSA, False)
-        self.assertIs(state.context_for(template, KEY_TYPE_ECDSA, False), first)
+        first = state.leaf_for(template, KEY_TYPE_ECDSA, False)
+        self.assertIs(state.leaf_for(template, KEY_TYPE_ECDSA, False), first)
         self.assertEqual(delta(), [1, 1])
         cache = interception_cache(authority)
         assert cache is not None

@@ -255,7 +255,7 @@ class InterceptionTests(_ProxyCase):
         first = await self.fetch(proxy, origin)
         second = await self.fetch(proxy, origin)
         self.assertEqual(first["cert"].serial_number, second["cert"].serial_number)
-        contexts = interception_state(self.settings).contexts
+        contexts = interception_state(self.settings).leaves
         self.assertEqual((contexts.misses, contexts.hits), (1, 1))
 
     async def test_upstream_session_resumed(self) -> None:

@@ -63,7 +63,7 @@ from txgate.net.upstream import Upstream
 from txgate.pki import revocation
 from txgate.pki.mint import LeafCache, LeafTemplate, template_from_upstream
 
-__all__ = ["SSLInterceptor", "InterceptionFailed", "TLSUpstream", "Decrypted", "interception_cache"]
+__all__ = ["SSLInterceptor", "InterceptionFailed", "TLSUpstream", "Decrypted", "Leaf", "interception_cache", "server_context"]
 
 HANDSHAKE_TIMEOUT = 30.0
 """Seconds the upstream TLS handshake may take before the client is told no."""
@@ -154,18 +154,18 @@ class Decrypted(Delegating):
     handshake, then hands the decrypted stream to C{start(self)} (the
     pipeline again).
 
-    @ivar context: the server C{SSL.Context} holding the emulated leaf.
+    @ivar leaf: the emulated leaf (L{Leaf}) the client is shown.
     @ivar alpn: the ALPN protocol the upstream chose, offered to the client.
     """
 
     def __init__(
         self,
-        context: SSL.Context,
+        leaf: "Leaf | None",
         alpn: bytes | None,
         start: Callable[["Decrypted"], Any],
         failed: Callable[[str], None],
     ) -> None:
-        self.context = context
+        self.leaf = leaf
         self.alpn = alpn
         self._start = start
         self._failed = failed
@@ -260,13 +260,33 @@ class _TLSLayer(BufferingTLSTransport):
         super().loseConnection()
 
 
+@attrs.frozen
+class Leaf:
+    """
+    A minted leaf as OpenSSL takes it, converted once: what the cache keeps
+    and each client connection shows.
+    """
+
+    certificate: X509
+    key: PKey
+
+
 @implementer(IOpenSSLServerConnectionCreator)
 class _ClientSide:
-    """Connections towards clients, each with its L{Decrypted}'s context."""
+    """
+    Connections towards clients: one server context for all, each connection
+    with its L{Decrypted}'s leaf. A context per leaf would cost a new
+    C{SSL_CTX} (and its ALPN callback) for every host name seen.
+    """
+
+    def __init__(self, context: SSL.Context) -> None:
+        self._context = context
 
     def serverConnectionForTLS(self, tls: Any) -> SSL.Connection:
-        decrypted = tls.wrappedProtocol
-        connection = SSL.Connection(decrypted.context, None)
+        leaf = tls.wrappedProtocol.leaf
+        connection = SSL.Connection(self._context, None)
+        connection.use_certificate(leaf.certificate)
+        connection.use_privatekey(leaf.key)
         connection.set_accept_state()
         return connection
 
@@ -408,13 +428,12 @@ def upstream_context(bundle: str) -> SSL.Context:
     return context
 
 
-def _server_context(cert: x509.Certificate, key: Any) -> SSL.Context:
+def server_context() -> SSL.Context:
+    """The one server context towards clients; each connection brings its own leaf (L{_ClientSide})."""
     context = SSL.Context(SSL.TLS_SERVER_METHOD)
     context.set_min_proto_version(SSL.TLS1_2_VERSION)
     context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE)
     context.set_mode(SSL.MODE_RELEASE_BUFFERS)  # an idle connection keeps no 34 KiB of record buffers
-    context.use_certificate(X509.from_cryptography(cert))
-    context.use_privatekey(PKey.from_cryptography_key(key))
     context.set_alpn_select_callback(_select_alpn)
     context.set_session_id(b"txgate")
     return context
@@ -530,30 +549,33 @@ class _Interception:
     def __init__(self, ssl: Any, authority: Any, reactor: Any) -> None:
         self.ssl = ssl
         self.authority = authority
-        # Server contexts holding minted leaves: a host's certificate is
-        # minted once per template, key type and issuer.
-        self.contexts = LeafCache(ssl.cert_cache_size)
+        # Minted leaves: a host's certificate is minted once per template,
+        # key type and issuer.
+        self.leaves: LeafCache[Leaf] = LeafCache(ssl.cert_cache_size)
+        self._keys: dict[str, PKey] = {}
         self.sessions = SessionCache(ssl.cert_cache_size)
         upstream_side = _UpstreamSide(upstream_context(ssl.upstream_ca_bundle))
         self.upstream_factory = TLSMemoryBIOFactory(upstream_side, True, Factory(), clock=reactor)
         self.upstream_factory.protocol = _TLSLayer
-        self.client_factory = TLSMemoryBIOFactory(_ClientSide(), False, Factory(), clock=reactor)
+        self.client_factory = TLSMemoryBIOFactory(_ClientSide(server_context()), False, Factory(), clock=reactor)
         self.client_factory.protocol = _TLSLayer
         self.revocation: RevocationChecker | None = None
         if ssl.upstream_revocation != "off":
             self.revocation = RevocationChecker(reactor, ssl.upstream_revocation, trust_anchors(ssl.upstream_ca_bundle))
 
-    def context_for(self, template: LeafTemplate, key_type: str, untrusted: bool) -> SSL.Context:
+    def leaf_for(self, template: LeafTemplate, key_type: str, untrusted: bool) -> Leaf:
         authority = self.authority
 
-        def make() -> SSL.Context:
-            minted = authority.mint(template, key_type, untrusted=untrusted)
-            return _server_context(minted, authority.leaf_key(key_type))
+        def make() -> Leaf:
+            key = self._keys.get(key_type)
+            if key is None:
+                key = self._keys[key_type] = PKey.from_cryptography_key(authority.leaf_key(key_type))
+            return Leaf(X509.from_cryptography(authority.mint(template, key_type, untrusted=untrusted)), key)
 
-        misses = self.contexts.misses
-        context = self.contexts.get_or_mint(template, key_type, make, untrusted=untrusted)
-        metrics.certificate_lookup(self.contexts.misses == misses)
-        return context
+        misses = self.leaves.misses
+        leaf = self.leaves.get_or_mint(template, key_type, make, untrusted=untrusted)
+        metrics.certificate_lookup(self.leaves.misses == misses)
+        return leaf
 
 
 _states: "weakref.WeakKeyDictionary[Any, _Interception]" = weakref.WeakKeyDictionary()
@@ -567,14 +589,14 @@ def interception_state(settings: Any) -> _Interception:
     return state
 
 
-def interception_cache(authority: Any) -> LeafCache[SSL.Context] | None:
+def interception_cache(authority: Any) -> LeafCache[Leaf] | None:
     """
     The minted-certificate cache of C{authority}'s interception (its size,
     C{hits} and C{misses} are the admin console's), or C{None} while nothing
     has been intercepted.
     """
     state = _states.get(authority)
-    return state.contexts if state is not None else None
+    return state.leaves if state is not None else None
 
 
 @implementer(IPlugin, IInterceptor)
@@ -668,10 +690,10 @@ class SSLInterceptor:
         except ValueError:
             hello = None
         key_type = choose_key_type(hello, state.ssl.leaf_keys)
-        context = state.context_for(template, key_type, untrusted)
+        leaf = state.leaf_for(template, key_type, untrusted)
         session.intercepted = True
         decrypted = Decrypted(
-            context,
+            leaf,
             upstream.transport.negotiatedProtocol,  # type: ignore[union-attr]
             lambda owner: request.inner(owner, upstream),
             lambda reason: self._client_failed(request, upstream, reason),
