@@ -80,7 +80,7 @@ class _Way:
 
     @property
     def wants_read(self) -> bool:
-        return not self.eof and not self.queued
+        return not self.eof and self.queued < PIPE_SIZE
 
     @property
     def wants_write(self) -> bool:
@@ -185,39 +185,45 @@ class Splice:
             self._register()
 
     def _move(self, way: _Way) -> None:
-        """As many bytes as C{way} can take now, then a half-close once its source ended."""
-        source, destination = way.source.socket, way.destination.socket
+        """
+        As many bytes as C{way} can take now, then a half-close once its
+        source ended. Reading goes on while the pipe has room and writing
+        while it holds bytes, so a destination that is briefly full does not
+        stop the source.
+        """
+        source, destination = way.source.fileno(), way.destination.fileno()
         for _ in range(ROUNDS):
-            got = PIPE_SIZE
-            if not way.queued:
-                if way.eof:
-                    break
+            got = sent = 0
+            room = PIPE_SIZE - way.queued
+            if room and not way.eof:
                 try:
-                    got = os.splice(source.fileno(), way.pipe_in, PIPE_SIZE, flags=_FLAGS)
+                    got = os.splice(source, way.pipe_in, room, flags=_FLAGS)
                 except BlockingIOError:
-                    return
+                    pass
                 except OSError as e:
                     return self._failed(way.source.side, e.strerror or str(e))
-                if not got:
-                    way.eof = True
-                    break
-                way.queued = got
-                way.moved(got)
-            try:
-                sent = os.splice(way.pipe_out, destination.fileno(), way.queued, flags=_FLAGS)
-            except BlockingIOError:
-                return
-            except OSError as e:
-                return self._failed(way.destination.side, e.strerror or str(e))
-            way.queued -= sent
-            if way.queued or got < PIPE_SIZE:
-                # Not all taken, or the source had less than a pipe's worth:
-                # the next try would most likely find nothing; wait for epoll.
-                return
+                else:
+                    if got:
+                        way.queued += got
+                        way.moved(got)
+                    else:
+                        way.eof = True
+            if way.queued:
+                try:
+                    sent = os.splice(way.pipe_out, destination, way.queued, flags=_FLAGS)
+                except BlockingIOError:
+                    pass
+                except OSError as e:
+                    return self._failed(way.destination.side, e.strerror or str(e))
+                way.queued -= sent
+            if way.queued or not got:
+                # The destination is full, or the source had less than the
+                # room: the next try would most likely do nothing; wait for epoll.
+                break
         if way.eof and not way.queued and not way.shut:
             way.shut = True
             try:
-                destination.shutdown(socket.SHUT_WR)
+                way.destination.socket.shutdown(socket.SHUT_WR)
             except OSError as e:
                 if e.errno != errno.ENOTCONN:
                     return self._failed(way.destination.side, e.strerror or str(e))
