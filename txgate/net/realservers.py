@@ -65,13 +65,19 @@ class _HeaderFactory(WrappingFactory):
 
 
 @implementer(IStreamClientEndpoint)
-class _HeaderEndpoint:
-    def __init__(self, inner: Any, header: bytes) -> None:
+class _Wrapping:
+    """
+    An endpoint whose connections run under a protocol wrapper (the PROXY
+    header, TLS): C{wrap(factory)} is the wrapping factory, and the caller
+    gets its own protocol back, as from C{wrapClientTLS}.
+    """
+
+    def __init__(self, inner: Any, wrap: Any) -> None:
         self._inner = inner
-        self._header = header
+        self._wrap = wrap
 
     def connect(self, factory: Any) -> Deferred[Any]:
-        d = self._inner.connect(_HeaderFactory(factory, self._header))
+        d = self._inner.connect(self._wrap(factory))
         return d.addCallback(lambda wrapper: wrapper.wrappedProtocol)
 
 
@@ -84,19 +90,6 @@ class _UnbufferedTLSFactory(TLSMemoryBIOFactory):
     """
 
     protocol = TLSMemoryBIOProtocol
-
-
-@implementer(IStreamClientEndpoint)
-class _TLSEndpoint:
-    """C{wrapClientTLS}, with L{_UnbufferedTLSFactory}."""
-
-    def __init__(self, creator: IOpenSSLClientConnectionCreator, inner: Any) -> None:
-        self._creator = creator
-        self._inner = inner
-
-    def connect(self, factory: Any) -> Deferred[Any]:
-        d = self._inner.connect(_UnbufferedTLSFactory(self._creator, True, factory))
-        return d.addCallback(lambda wrapper: wrapper.wrappedProtocol)
 
 
 class _Counted(Upstream):
@@ -135,9 +128,10 @@ class RealServerConnector:
     def connect(self, host: str, port: int, tls: bool = False, header: bytes = b"") -> Deferred[Upstream]:
         endpoint: Any = HostnameEndpoint(self._reactor, self._config.host, self._config.port, timeout=self._timeout)
         if header:
-            endpoint = _HeaderEndpoint(endpoint, header)
+            endpoint = _Wrapping(endpoint, lambda factory: _HeaderFactory(factory, header))
         if self._tls is not None:
-            endpoint = _TLSEndpoint(self._tls, endpoint)
+            tls = self._tls
+            endpoint = _Wrapping(endpoint, lambda factory: _UnbufferedTLSFactory(tls, True, factory))
         return endpoint.connect(_CountingFactory(self._state))
 
 
