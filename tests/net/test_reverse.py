@@ -41,7 +41,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from cryptography.hazmat.primitives import serialization
 
 from txgate.config import HealthCheckConfig, PersistenceConfig, RealServerConfig, VirtualServiceConfig
-from txgate.net.realservers import IdlePool
+from txgate.net.upstream import IdlePool
 from txgate.net.reverse import EspLogs, ReverseProxyFactory, VirtualService
 from txgate.net.sni import load_server_tls
 from txgate.net.upstream import Upstream
@@ -1078,7 +1078,7 @@ class ProxyHeaderTests(_ReverseCase):
 
 
 class IdlePoolTests(SynchronousTestCase):
-    """The keep-alive pool of one real server (L{txgate.net.realservers.IdlePool})."""
+    """The keep-alive pool of one real server (L{txgate.net.upstream.IdlePool})."""
 
     def setUp(self) -> None:
         self.clock = Clock()

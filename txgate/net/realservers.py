@@ -22,10 +22,10 @@ from zope.interface import implementer
 
 from txgate.config import RealServerConfig
 from txgate.errors import ConfigError
-from txgate.net.upstream import Upstream, _UpstreamFactory
+from txgate.net.upstream import IdlePool, Upstream, _UpstreamFactory
 from txgate.reverse.balancing import RealServer
 
-__all__ = ["Backend", "IdlePool", "RealServerConnector", "client_tls"]
+__all__ = ["Backend", "RealServerConnector", "client_tls"]
 
 
 def client_tls(config: RealServerConfig) -> IOpenSSLClientConnectionCreator:
@@ -133,92 +133,6 @@ class RealServerConnector:
             tls = self._tls
             endpoint = _Wrapping(endpoint, lambda factory: _UnbufferedTLSFactory(tls, True, factory))
         return endpoint.connect(_CountingFactory(self._state))
-
-
-class _IdleWatcher:
-    """
-    The receiver of an idle pooled connection: a server that speaks or
-    closes while idle loses its place in the pool.
-    """
-
-    __slots__ = ("_pool", "_upstream")
-
-    def __init__(self, pool: "IdlePool", upstream: Upstream) -> None:
-        self._pool = pool
-        self._upstream = upstream
-
-    def upstream_data(self, data: bytes) -> None:
-        self._pool.discard(self._upstream)
-        self._upstream.transport.loseConnection()
-
-    def upstream_eof(self) -> None:
-        self.upstream_data(b"")
-
-    def upstream_lost(self, reason: Failure) -> None:
-        self._pool.discard(self._upstream)
-
-
-class IdlePool:
-    """
-    The idle keep-alive connections to one real server, newest taken first.
-
-    Unlike L{txgate.net.upstream.UpstreamPool} it has one server, so no key
-    is built per request, and no timer per connection: each connection
-    keeps the time it was put, and one timer closes those idle for
-    C{idle_timeout}, so a kept-alive request costs no heap operation.
-    """
-
-    idle_timeout = 60.0
-
-    def __init__(self, clock: Any, max_idle: int) -> None:
-        self._clock = clock
-        self.max_idle = max_idle
-        self._idle: list[tuple[Upstream, float]] = []
-        """Oldest first: put appends, take pops the newest."""
-        self._timer: Any = None
-
-    def take(self) -> Upstream | None:
-        """The newest idle connection still open, or C{None}."""
-        idle = self._idle
-        while idle:
-            upstream, _ = idle.pop()
-            if upstream.lost is None and not upstream.eof:
-                return upstream
-        return None
-
-    def put(self, upstream: Upstream) -> None:
-        """Keep C{upstream} for reuse, or close it when the pool is full."""
-        if upstream.lost is not None or upstream.eof or len(self._idle) >= self.max_idle:
-            upstream.transport.loseConnection()
-            return
-        upstream.attach(_IdleWatcher(self, upstream))
-        self._idle.append((upstream, self._clock.seconds()))
-        if self._timer is None:
-            self._timer = self._clock.callLater(self.idle_timeout, self._expire)
-
-    def discard(self, upstream: Upstream) -> None:
-        self._idle[:] = [(u, since) for u, since in self._idle if u is not upstream]
-
-    def _expire(self) -> None:
-        """Close the connections idle for C{idle_timeout}; come back for the next oldest."""
-        self._timer = None
-        deadline = self._clock.seconds() - self.idle_timeout
-        idle = self._idle
-        expired = []
-        while idle and idle[0][1] <= deadline:
-            expired.append(idle.pop(0)[0])
-        if idle:
-            self._timer = self._clock.callLater(idle[0][1] - deadline, self._expire)
-        for upstream in expired:
-            upstream.transport.loseConnection()
-
-    def close_all(self) -> None:
-        idle, self._idle = self._idle, []
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        for upstream, _ in idle:
-            upstream.transport.loseConnection()
 
 
 class Backend:

@@ -22,13 +22,12 @@ from twisted.internet.endpoints import (
 from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import optionsForClientTLS
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txgate.hosts import Hosts
 
-__all__ = ["Upstream", "Connector", "UpstreamPool", "describe_connect_failure", "no_delay"]
+__all__ = ["Upstream", "Connector", "IdlePool", "UpstreamPool", "describe_connect_failure", "no_delay"]
 
 
 def no_delay(transport: Any) -> None:
@@ -181,6 +180,110 @@ def describe_connect_failure(failure: Failure, host: str, port: int) -> tuple[in
     return 502, f"could not connect to {where}: {detail}"
 
 
+class _IdleWatcher:
+    """
+    The receiver of an idle pooled connection: a server that speaks or
+    closes while idle loses its place in the pool.
+    """
+
+    __slots__ = ("_pool", "_upstream")
+
+    def __init__(self, pool: "IdlePool", upstream: Upstream) -> None:
+        self._pool = pool
+        self._upstream = upstream
+
+    def upstream_data(self, data: bytes) -> None:
+        self._pool.discard(self._upstream)
+        self._upstream.transport.loseConnection()
+
+    def upstream_eof(self) -> None:
+        self.upstream_data(b"")
+
+    def upstream_lost(self, reason: Failure) -> None:
+        self._pool.discard(self._upstream)
+
+
+class IdlePool:
+    """
+    The idle keep-alive connections to one server, newest taken first.
+
+    No timer per connection: each connection keeps the time it was put, and
+    one timer closes those idle for C{idle_timeout}, so a kept-alive request
+    costs no heap operation.
+
+    @ivar emptied: called with no arguments when the last idle connection
+        leaves (so a pool of pools can drop this one), or C{None}.
+    """
+
+    def __init__(self, clock: Any, max_idle: int, idle_timeout: float = 60.0) -> None:
+        self._clock = clock
+        self.max_idle = max_idle
+        self.idle_timeout = idle_timeout
+        self.emptied: Any = None
+        self._idle: list[tuple[Upstream, float]] = []
+        """Oldest first: put appends, take pops the newest."""
+        self._timer: Any = None
+
+    def __len__(self) -> int:
+        return len(self._idle)
+
+    def take(self) -> Upstream | None:
+        """The newest idle connection still open, or C{None}."""
+        idle = self._idle
+        while idle:
+            upstream, _ = idle.pop()
+            if upstream.lost is None and not upstream.eof:
+                self._check_empty()
+                return upstream
+        self._check_empty()
+        return None
+
+    def put(self, upstream: Upstream) -> None:
+        """Keep C{upstream} for reuse, or close it when the pool is full."""
+        if upstream.lost is not None or upstream.eof or len(self._idle) >= self.max_idle:
+            upstream.transport.loseConnection()
+            return
+        upstream.attach(_IdleWatcher(self, upstream))
+        self._idle.append((upstream, self._clock.seconds()))
+        if self._timer is None:
+            self._timer = self._clock.callLater(self.idle_timeout, self._expire)
+
+    def discard(self, upstream: Upstream) -> None:
+        self._idle[:] = [(u, since) for u, since in self._idle if u is not upstream]
+        self._check_empty()
+
+    def _expire(self) -> None:
+        """Close the connections idle for C{idle_timeout}; come back for the next oldest."""
+        self._timer = None
+        deadline = self._clock.seconds() - self.idle_timeout
+        idle = self._idle
+        expired = []
+        while idle and idle[0][1] <= deadline:
+            expired.append(idle.pop(0)[0])
+        if idle:
+            self._timer = self._clock.callLater(idle[0][1] - deadline, self._expire)
+        for upstream in expired:
+            upstream.transport.loseConnection()
+        self._check_empty()
+
+    def _check_empty(self) -> None:
+        if self._idle:
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self.emptied is not None:
+            self.emptied()
+
+    def close_all(self) -> None:
+        idle, self._idle = self._idle, []
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        for upstream, _ in idle:
+            upstream.transport.loseConnection()
+
+
 @attrs.frozen
 class _PoolKey:
     scheme: str
@@ -191,7 +294,7 @@ class _PoolKey:
 class UpstreamPool:
     """
     Idle keep-alive connections to upstream servers, by scheme, host and
-    port.
+    port: an L{IdlePool} per server, dropped once empty.
 
     @ivar max_idle_per_key: idle connections kept per server; more are closed.
     @ivar idle_timeout: seconds an idle connection is kept.
@@ -199,86 +302,34 @@ class UpstreamPool:
 
     max_idle_per_key = 8
     idle_timeout = 60.0
-    _log = Logger()
 
     def __init__(self, connector: Connector, clock: IReactorTime) -> None:
         self._connector = connector
         self._clock = clock
-        self._idle: dict[_PoolKey, list[Upstream]] = {}
+        self._idle: dict[_PoolKey, IdlePool] = {}
 
     def get(self, scheme: str, host: str, port: int) -> Deferred[tuple[Upstream, bool]]:
         """
         @return: a L{Deferred} firing with an upstream connection and whether
             it was reused from the pool.
         """
-        key = _PoolKey(scheme, host, port)
-        idle = self._idle.get(key)
-        while idle:
-            upstream = idle.pop()
-            timer = getattr(upstream, "_pool_timer", None)
-            if timer is not None and timer.active():
-                timer.cancel()
-            if upstream.lost is None and not upstream.eof:
-                return succeed((upstream, True))
+        pool = self._idle.get(_PoolKey(scheme, host, port))
+        upstream = pool.take() if pool is not None else None
+        if upstream is not None:
+            return succeed((upstream, True))
         d = self._connector.connect(host, port, tls=(scheme == "https"))
         return d.addCallback(lambda upstream: (upstream, False))
 
     def put(self, scheme: str, host: str, port: int, upstream: Upstream) -> None:
         """Keep C{upstream} for reuse, or close it when the pool is full."""
-        if upstream.lost is not None or upstream.eof:
-            upstream.transport.loseConnection()
-            return
         key = _PoolKey(scheme, host, port)
-        idle = self._idle.setdefault(key, [])
-        if len(idle) >= self.max_idle_per_key:
-            upstream.transport.loseConnection()
-            return
-        watcher = _IdleWatcher(self, key, upstream)
-        upstream.attach(watcher)
-        upstream._pool_timer = self._clock.callLater(  # type: ignore[attr-defined]
-            self.idle_timeout, watcher.expire
-        )
-        idle.append(upstream)
-
-    def _discard(self, key: _PoolKey, upstream: Upstream) -> None:
-        idle = self._idle.get(key, [])
-        if upstream in idle:
-            idle.remove(upstream)
-        if not idle:
-            self._idle.pop(key, None)
-        timer = getattr(upstream, "_pool_timer", None)
-        if timer is not None and timer.active():
-            timer.cancel()
+        pool = self._idle.get(key)
+        if pool is None:
+            pool = self._idle[key] = IdlePool(self._clock, self.max_idle_per_key, self.idle_timeout)
+            pool.emptied = lambda: self._idle.pop(key, None)
+        pool.put(upstream)
 
     def close_all(self) -> None:
-        for key, idle in list(self._idle.items()):
-            for upstream in list(idle):
-                self._discard(key, upstream)
-                upstream.transport.loseConnection()
-
-
-@attrs.define
-class _IdleWatcher:
-    """
-    The receiver of a pooled connection: a server that speaks or closes
-    while idle loses its place in the pool.
-    """
-
-    pool: UpstreamPool
-    key: _PoolKey
-    upstream: Upstream
-
-    def upstream_data(self, data: bytes) -> None:
-        self.pool._discard(self.key, self.upstream)
-        self.upstream.transport.loseConnection()
-
-    def upstream_eof(self) -> None:
-        self.upstream_data(b"")
-
-    def upstream_lost(self, reason: Failure) -> None:
-        self.pool._discard(self.key, self.upstream)
-
-    def expire(self) -> None:
-        self.pool._discard(self.key, self.upstream)
-        self.upstream.transport.loseConnection()
-
+        pools, self._idle = list(self._idle.values()), {}
+        for pool in pools:
+            pool.close_all()
