@@ -9,6 +9,7 @@ import hashlib
 import os
 import socket
 import struct
+import threading
 from typing import Any
 
 from twisted.internet import reactor
@@ -38,8 +39,6 @@ def _pair() -> tuple[socket.socket, socket.socket]:
 
 def _send_then_drain(sock: socket.socket, payload: bytes) -> bytes:
     """Send C{payload}, half-close, read until the other side's EOF (blocking, in a thread)."""
-    import threading
-
     received: list[bytes] = []
 
     def read() -> None:
@@ -135,12 +134,16 @@ def _receive_or_reset(sock: socket.socket, payload: bytes) -> bytes:
         return b"<reset>"
 
 
-def _send_then_reset(sock: socket.socket, payload: bytes) -> bytes:
-    """Send C{payload}, then reset the connection instead of closing it."""
-    sock.sendall(payload)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+def _drain_until_reset(sock: socket.socket, payload: bytes) -> bytes:
+    """Read (sending nothing, never half-closing) until the connection ends."""
+    received = []
+    try:
+        while chunk := sock.recv(1 << 16):
+            received.append(chunk)
+    except ConnectionResetError:
+        pass
     sock.close()
-    return b""
+    return b"".join(received)
 
 
 class _Finished:
@@ -169,7 +172,14 @@ class TunnelSpliceTests(TestCase):
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
 
     @inlineCallbacks
-    def tunnel(self, up: bytes, down: bytes, origin_side: Any = _send_then_drain, handler: Any = Tunnel) -> Any:
+    def tunnel(
+        self,
+        up: bytes,
+        down: bytes,
+        origin_side: Any = _send_then_drain,
+        handler: Any = Tunnel,
+        client_side: Any = _receive_or_reset,
+    ) -> Any:
         """
         Client → tunnel → origin with C{up}, and C{down} back (by
         C{origin_side(socket, down)}, in a thread); what each end got.
@@ -189,7 +199,7 @@ class TunnelSpliceTests(TestCase):
         self.addCleanup(port.stopListening)
         client = socket.create_connection(("127.0.0.1", port.getHost().port))
         at_origin, at_client = yield gatherResults(  # each end's result is what it received
-            [deferToThread(origin_side, origin_sock, down), deferToThread(_receive_or_reset, client, up)]
+            [deferToThread(origin_side, origin_sock, down), deferToThread(client_side, client, up)]
         )
         reason = yield finished.deferred
         return at_origin, at_client, session, reason
@@ -216,10 +226,29 @@ class TunnelSpliceTests(TestCase):
 
     @inlineCallbacks
     def test_reset_while_spliced(self) -> Any:
-        """An origin that resets mid-transfer ends the tunnel naming the server, and the client is closed."""
-        _, at_client, _, reason = yield self.tunnel(b"", os.urandom(4 << 20), origin_side=_send_then_reset)
+        """An origin that resets once the tunnel is spliced ends it naming the server; the client is closed."""
+        spliced = threading.Event()
+
+        def watch(event: dict[str, Any]) -> None:
+            if event.get("log_format") == "tunnel {session}: splicing from here on":
+                spliced.set()
+
+        globalLogPublisher.addObserver(watch)
+        self.addCleanup(globalLogPublisher.removeObserver, watch)
+
+        def send_then_reset(sock: socket.socket, payload: bytes) -> bytes:
+            sock.sendall(payload)  # past SPLICE_AFTER
+            if not spliced.wait(TIMEOUT / 2):
+                raise AssertionError("the tunnel never switched to splice")
+            sock.sendall(payload)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()  # a reset, not a FIN
+            return b""
+
+        _, _, _, reason = yield self.tunnel(
+            b"", os.urandom(1 << 20), origin_side=send_then_reset, client_side=_drain_until_reset
+        )
         self.assertTrue(reason.startswith("server connection lost: "), reason)
-        self.assertIn("tunnel {session}: splicing from here on", [e.get("log_format") for e in self.events])
 
     @inlineCallbacks
     def test_switch_loses_nothing(self) -> Any:
