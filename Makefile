@@ -38,10 +38,23 @@ $(STAMP): pyproject.toml
 		--config-settings editable_mode=compat -e '.[test]'
 	@touch $@
 
+# Installs the packages in the shell variable $$missing (set by the recipe
+# that expands it) and fails if apt-get does. A temporary policy-rc.d
+# (exit 101) stops the nginx package from starting a system nginx on port 80
+# as it installs; the tests and the bench start their own.
+APT_INSTALL = export DEBIAN_FRONTEND=noninteractive; \
+	policy=""; \
+	if [ ! -e /usr/sbin/policy-rc.d ]; then \
+		printf '\043!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; \
+		policy=/usr/sbin/policy-rc.d; \
+	fi; \
+	status=0; \
+	{ apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; } || status=$$?; \
+	test -z "$$policy" || rm -f "$$policy"; \
+	test "$$status" = 0
+
 # Checks commands, not package names, so a tool installed some other way
-# counts; apt-get update runs only when something is missing. A temporary
-# policy-rc.d (exit 101) stops the nginx package from starting a system nginx
-# on port 80 as it installs; the tests start their own.
+# counts; apt-get update runs only when something is missing.
 system-deps:
 	@set -e; \
 	export PATH="$$PATH:/usr/local/sbin:/usr/sbin:/sbin"; \
@@ -55,15 +68,7 @@ system-deps:
 		echo "system-deps: missing:$$missing; run 'make system-deps' as root" >&2; exit 1; \
 	fi; \
 	echo "system-deps: installing$$missing"; \
-	export DEBIAN_FRONTEND=noninteractive; \
-	policy=""; \
-	if [ ! -e /usr/sbin/policy-rc.d ]; then \
-		printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; \
-		policy=/usr/sbin/policy-rc.d; \
-	fi; \
-	trap 'test -z "$$policy" || rm -f "$$policy"' EXIT; \
-	apt-get update -qq; \
-	apt-get install -y -qq --no-install-recommends $$missing
+	$(APT_INSTALL)
 
 run: $(STAMP)
 	$(BIN)/twistd -n --pidfile= txgate forward
@@ -124,15 +129,8 @@ bench-peers: $(STAMP)
 			echo "bench-peers: missing:$$missing; run as root to install them (the suite reports them unavailable)" >&2; \
 		else \
 			echo "bench-peers: installing$$missing"; \
-			export DEBIAN_FRONTEND=noninteractive; \
-			policy=""; \
-			if [ ! -e /usr/sbin/policy-rc.d ]; then \
-				printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; \
-				policy=/usr/sbin/policy-rc.d; \
-			fi; \
-			{ apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; } || \
+			$(APT_INSTALL) || \
 				echo "bench-peers: apt-get could not install$$missing; the suite reports what is missing" >&2; \
-			test -z "$$policy" || rm -f "$$policy"; \
 		fi; \
 	fi; \
 	for pair in mitmproxy:mitmdump proxy.py:proxy; do \

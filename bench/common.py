@@ -39,6 +39,16 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 SBIN_PATH = os.pathsep.join([os.environ.get("PATH", os.defpath), "/usr/local/sbin", "/usr/sbin", "/sbin"])
 MAX_HEAD = 65536  # bytes of a response head a client reads before giving up
+IO_TIMEOUT = 10.0  # seconds any one client socket operation may take
+
+NGINX_TEMP_PATHS = """\
+    client_body_temp_path "{dir}/client_body";
+    proxy_temp_path "{dir}/proxy";
+    fastcgi_temp_path "{dir}/fastcgi";
+    uwsgi_temp_path "{dir}/uwsgi";
+    scgi_temp_path "{dir}/scgi";
+"""
+"""Every nginx the benches start keeps its temporary files in its own directory C{dir}."""
 
 
 class BenchError(Exception):
@@ -287,6 +297,59 @@ def recv_head(sock: Any) -> tuple[bytes, bytes]:
             raise ConnectionError("response head over 64 KiB")
     head, _, rest = data.partition(b"\r\n\r\n")
     return head, rest
+
+
+def connect(port: int, via_proxy: int | None = None, host: str = LOOPBACK) -> socket.socket:
+    """
+    A new loopback connection to C{port} (TCP_NODELAY), or, with
+    C{via_proxy}, a tunnel through that proxy's C{CONNECT host:port},
+    checked to answer 200 and nothing more.
+    """
+    raw = socket.create_connection((LOOPBACK, via_proxy or port), timeout=IO_TIMEOUT)
+    try:
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if via_proxy:
+            authority = f"{host}:{port}"
+            raw.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+            head, rest = recv_head(raw)
+            status = head.split(b"\r\n", 1)[0]
+            if status.split(b" ")[1:2] != [b"200"]:
+                raise ConnectionError(f"CONNECT answered {status!r}")
+            if rest:
+                raise ConnectionError(f"bytes after the CONNECT answer: {rest[:80]!r}")
+    except BaseException:
+        raw.close()
+        raise
+    return raw
+
+
+class Tally:
+    """
+    One client process's request loop: each call timed, each failure
+    counted, the first five different messages kept.
+    """
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.errors: list[str] = []
+        self.error_count = 0
+
+    def time(self, call: Callable[[], Any]) -> None:
+        began = time.perf_counter()
+        try:
+            call()
+        except Exception as e:
+            self.error_count += 1
+            message = f"{type(e).__name__}: {e}"
+            if message not in self.errors and len(self.errors) < 5:
+                self.errors.append(message)
+            return
+        self.times.append(time.perf_counter() - began)
+
+    def result(self, **more: Any) -> dict[str, Any]:
+        """What the parent process gathers from each client."""
+        return {"count": len(self.times), "ended": time.monotonic(), "times": self.times, "errors": self.errors,
+                "error_count": self.error_count, **more}
 
 
 def read_response(sock: Any) -> tuple[int, bytes]:

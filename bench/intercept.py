@@ -32,7 +32,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import socket
 import ssl
 import statistics
 import sys
@@ -49,16 +48,14 @@ from txgate.pki.keyring import generate_keyring
 from txgate.pki.mint import KEY_TYPE_ECDSA, KEY_TYPE_RSA, template_from_upstream
 from txgate.testing import make_ca, make_server_cert, write_pem
 
-from common import LOOPBACK, BenchError, Children, cpu_ms
+from common import LOOPBACK, BenchError, Children, connect, cpu_ms
 from common import accepts as _accepts
 from common import free_port as _free_port
 from common import clean_up, read_response, report
-from common import recv_head as _recv_head
 from common import tail as _tail
 
 ORIGIN_NAME = "origin.test"
 STARTUP_TIMEOUT = 20.0  # seconds nginx or txgate gets to listen
-IO_TIMEOUT = 10.0  # seconds any one client socket operation may take
 ISSUER_GRACE = 5.0  # seconds after "listening:" for <state>/ca/issuer.pem to appear
 WARMUP = 5  # connections through the proxy before measuring (the first mints)
 MAX_CONNECTIONS = 100_000  # per client, whatever --seconds says
@@ -258,18 +255,8 @@ def one_connection(target: tuple[int, int | None], context: ssl.SSLContext) -> N
     handshake, C{GET /}, the whole response, close.
     """
     origin_port, proxy_port = target
-    raw = socket.create_connection((LOOPBACK, proxy_port or origin_port), timeout=IO_TIMEOUT)
+    raw: Any = connect(origin_port, proxy_port)
     try:
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if proxy_port:
-            authority = f"{LOOPBACK}:{origin_port}"
-            raw.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
-            head, rest = _recv_head(raw)
-            status = head.split(b"\r\n", 1)[0]
-            if status.split(b" ")[1:2] != [b"200"]:
-                raise ConnectionError(f"CONNECT answered {status!r}")
-            if rest:
-                raise ConnectionError(f"bytes after the CONNECT answer: {rest[:80]!r}")
         tls = context.wrap_socket(raw, server_hostname=ORIGIN_NAME)
         raw = tls
         tls.sendall(f"GET / HTTP/1.1\r\nHost: {ORIGIN_NAME}\r\nConnection: close\r\n\r\n".encode())

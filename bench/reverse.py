@@ -59,7 +59,7 @@ from typing import Any
 
 from txgate.testing import make_ca, make_server_cert, write_pem
 
-from common import LOOPBACK, SBIN_PATH, BenchError, Children, cpu_ms
+from common import IO_TIMEOUT, LOOPBACK, NGINX_TEMP_PATHS, SBIN_PATH, BenchError, Children, Tally, cpu_ms
 from common import child_env as _child_env
 from common import clean_up, read_response, report
 from common import start_server as _start_server
@@ -72,7 +72,6 @@ REAL_NAME = "realserver.bench.internal"  # what the real servers' certificate sa
 OTHER_HOST = "evil.bench.test"  # a Host no candidate may let through
 CANDIDATES = ("txgate", "haproxy", "nginx")
 BASELINE = "haproxy"
-IO_TIMEOUT = 10.0  # seconds any one client socket operation may take
 WRK_GRACE = 30.0  # seconds wrk may run past its -d before it is killed
 MAX_REQUESTS = 200_000  # per new-connection client, whatever --seconds says
 MAX_ERRORS = 50  # failed requests after which a new-connection client stops
@@ -123,11 +122,7 @@ error_log "{dir}/error.log" warn;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
-    client_body_temp_path "{dir}/client_body";
-    proxy_temp_path "{dir}/proxy";
-    fastcgi_temp_path "{dir}/fastcgi";
-    uwsgi_temp_path "{dir}/uwsgi";
-    scgi_temp_path "{dir}/scgi";
+""" + NGINX_TEMP_PATHS + """\
     default_type application/octet-stream;
     keepalive_requests 1000000;
     keepalive_timeout 75s;
@@ -353,26 +348,18 @@ def one_request(port: int, context: ssl.SSLContext, host: str = PUBLIC_NAME) -> 
 def _new_connection_client(args: tuple[int, str, float, float]) -> dict[str, Any]:
     port, cafile, start_at, deadline = args
     context = client_context(cafile)
-    times: list[float] = []
-    errors: list[str] = []
-    error_count = 0
+    tally = Tally()
     while time.monotonic() < start_at:
         time.sleep(0.001)
-    while len(times) < MAX_REQUESTS and error_count < MAX_ERRORS and time.monotonic() < deadline:
-        began = time.perf_counter()
-        try:
-            status, body = one_request(port, context)
-            if status != 200 or body != BODY:
-                raise ConnectionError(f"GET / answered {status} with {len(body)} bytes")
-        except Exception as e:
-            error_count += 1
-            message = f"{type(e).__name__}: {e}"
-            if message not in errors and len(errors) < 5:
-                errors.append(message)
-            continue
-        times.append(time.perf_counter() - began)
-    return {"count": len(times), "ended": time.monotonic(), "times": times, "errors": errors,
-            "error_count": error_count}
+
+    def request() -> None:
+        status, body = one_request(port, context)
+        if status != 200 or body != BODY:
+            raise ConnectionError(f"GET / answered {status} with {len(body)} bytes")
+
+    while len(tally.times) < MAX_REQUESTS and tally.error_count < MAX_ERRORS and time.monotonic() < deadline:
+        tally.time(request)
+    return tally.result()
 
 
 def _percentile(ordered: list[float], fraction: float) -> float:

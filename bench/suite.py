@@ -42,7 +42,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import socket
 import ssl
 import statistics
 import subprocess
@@ -52,8 +51,8 @@ import time
 from typing import Any, Callable
 
 from common import (
-    HERE, LOOPBACK, SBIN_PATH, BenchError, Children, child_env, cpu_ms, make_ca, make_server_cert,
-    raise_nofile, read_response, recv_head, clean_up, report, rss_kb, start_server, tail, tool_version, validity, venv_twistd, write_pem,
+    HERE, IO_TIMEOUT, LOOPBACK, NGINX_TEMP_PATHS, SBIN_PATH, Tally, BenchError, Children, child_env, connect, cpu_ms, make_ca, make_server_cert,
+    raise_nofile, read_response, clean_up, report, rss_kb, start_server, tail, tool_version, validity, venv_twistd, write_pem,
 )
 
 PEERS = os.path.join(HERE, ".peers")
@@ -68,7 +67,6 @@ S2_NAME = f"www.{DOMAIN}"
 BODY = b"txgate bench\n" * 64  # GET / (832 bytes)
 BULK_BYTES = 1 << 30  # S1: the file fetched through each tunnel
 STARTUP_TIMEOUT = 30.0  # mitmproxy and squid take a few seconds
-IO_TIMEOUT = 10.0  # any one client socket operation
 CURL_TIMEOUT = 180.0  # one S1 fetch, whatever the proxy
 MAX_REQUESTS = 100_000  # per client process per run, whatever --seconds says
 MAX_ERRORS = 20  # failed requests after which a client process stops
@@ -158,11 +156,7 @@ error_log "{dir}/error.log" warn;
 events {{ worker_connections 16384; }}
 http {{
     access_log off;
-    client_body_temp_path "{dir}/client_body";
-    proxy_temp_path "{dir}/proxy";
-    fastcgi_temp_path "{dir}/fastcgi";
-    uwsgi_temp_path "{dir}/uwsgi";
-    scgi_temp_path "{dir}/scgi";
+""" + NGINX_TEMP_PATHS + """\
     default_type application/octet-stream;
     sendfile on;
     keepalive_requests 1000000;
@@ -473,34 +467,13 @@ def client_context(cafile: str) -> ssl.SSLContext:
     return context
 
 
-def _connect_through(proxy_port: int, host: str, port: int) -> socket.socket:
-    raw = socket.create_connection((LOOPBACK, proxy_port), timeout=IO_TIMEOUT)
-    try:
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        raw.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
-        head, rest = recv_head(raw)
-        status = head.split(b"\r\n", 1)[0]
-        if status.split(b" ")[1:2] != [b"200"]:
-            raise ConnectionError(f"CONNECT answered {status!r}")
-        if rest:
-            raise ConnectionError(f"bytes after the CONNECT answer: {rest[:80]!r}")
-    except BaseException:
-        raw.close()
-        raise
-    return raw
-
-
 def one_request(proxy_port: int | None, host: str, origin_port: int, context: ssl.SSLContext) -> None:
     """
     A new connection (through the proxy with CONNECT C{host}, else straight
     to the origin), a full TLS handshake with SNI C{host}, C{GET /}, the
     whole body checked, close.
     """
-    if proxy_port:
-        raw = _connect_through(proxy_port, host, origin_port)
-    else:
-        raw = socket.create_connection((LOOPBACK, origin_port), timeout=IO_TIMEOUT)
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    raw = connect(origin_port, proxy_port, host)
     sock: Any = raw
     try:
         sock = context.wrap_socket(raw, server_hostname=host)
@@ -518,28 +491,16 @@ def one_request(proxy_port: int | None, host: str, origin_port: int, context: ss
 def _client(args: tuple[int | None, list[str], int, str, float, float]) -> dict[str, Any]:
     proxy_port, names, origin_port, cafile, start_at, deadline = args
     context = client_context(cafile)
-    times: list[float] = []
-    errors: list[str] = []
-    error_count = 0
+    tally = Tally()
     while time.monotonic() < start_at:
         time.sleep(0.001)
     i = 0
-    while (len(times) < MAX_REQUESTS and error_count < MAX_ERRORS and i < len(names)
+    while (len(tally.times) < MAX_REQUESTS and tally.error_count < MAX_ERRORS and i < len(names)
            and time.monotonic() < deadline):
         host = names[i]
         i += 1
-        began = time.perf_counter()
-        try:
-            one_request(proxy_port, host, origin_port, context)
-        except Exception as e:
-            error_count += 1
-            message = f"{type(e).__name__}: {e}"
-            if message not in errors and len(errors) < 5:
-                errors.append(message)
-            continue
-        times.append(time.perf_counter() - began)
-    return {"count": len(times), "ended": time.monotonic(), "times": times, "errors": errors,
-            "error_count": error_count, "out_of_names": i >= len(names)}
+        tally.time(lambda: one_request(proxy_port, host, origin_port, context))
+    return tally.result(out_of_names=i >= len(names))
 
 
 def measure_requests(pool: Any, clients: int, proxy_port: int | None, names_for: Callable[[int], list[str]],

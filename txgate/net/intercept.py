@@ -291,45 +291,58 @@ class _ClientSide:
         return connection
 
 
+@attrs.define
+class _Remembered:
+    """What txgate keeps of one upstream server between connections."""
+
+    session: SSL.Session | None = None
+    group: str | None = None
+
+
 class SessionCache:
     """
-    TLS sessions of upstream servers whose certificate verified, by server
-    name and port, least recently used dropped first: the next connection
-    resumes (no certificate chain to send, parse and verify again).
-
-    Also the key exchange group each server chose last (L{group}), verified
-    or not: it is only a guess of which key share to send.
+    What txgate remembers of each upstream server, by server name and port,
+    least recently used dropped first: its TLS session, kept only once its
+    certificate verified, so the next connection resumes (no certificate
+    chain to send, parse and verify again); and the key exchange group it
+    chose last, verified or not, only a guess of which key share to send.
     """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._sessions: collections.OrderedDict[Hashable, SSL.Session] = collections.OrderedDict()
-        self._groups: collections.OrderedDict[Hashable, str] = collections.OrderedDict()
+        self._servers: collections.OrderedDict[Hashable, _Remembered] = collections.OrderedDict()
 
     def __len__(self) -> int:
-        return len(self._sessions)
+        """How many sessions are kept."""
+        return sum(1 for server in self._servers.values() if server.session is not None)
+
+    def get(self, key: Hashable) -> SSL.Session | None:
+        server = self._servers.get(key)
+        if server is None:
+            return None
+        self._servers.move_to_end(key)
+        return server.session
 
     def group(self, key: Hashable) -> str | None:
         """The key exchange group the server at C{key} chose last, or C{None}."""
-        return self._groups.get(key)
-
-    def put_group(self, key: Hashable, group: str) -> None:
-        self._groups[key] = group
-        self._groups.move_to_end(key)
-        while len(self._groups) > self.capacity:
-            self._groups.popitem(last=False)
-
-    def get(self, key: Hashable) -> SSL.Session | None:
-        session = self._sessions.get(key)
-        if session is not None:
-            self._sessions.move_to_end(key)
-        return session
+        server = self._servers.get(key)
+        return server.group if server is not None else None
 
     def put(self, key: Hashable, session: SSL.Session) -> None:
-        self._sessions[key] = session
-        self._sessions.move_to_end(key)
-        while len(self._sessions) > self.capacity:
-            self._sessions.popitem(last=False)
+        self._server(key).session = session
+
+    def put_group(self, key: Hashable, group: str) -> None:
+        self._server(key).group = group
+
+    def _server(self, key: Hashable) -> _Remembered:
+        server = self._servers.get(key)
+        if server is None:
+            server = self._servers[key] = _Remembered()
+            while len(self._servers) > self.capacity:
+                self._servers.popitem(last=False)
+        else:
+            self._servers.move_to_end(key)
+        return server
 
 
 UPSTREAM_GROUPS = ("X25519MLKEM768", "X25519", "secp256r1", "X448", "secp384r1", "secp521r1", "ffdhe2048", "ffdhe3072")

@@ -132,14 +132,17 @@ class Tunnel(Protocol):
             return
         client, upstream = self.transport, self._upstream.transport
         client_socket, upstream_socket = splice.plain_socket(client), splice.plain_socket(upstream)
-        try:
-            if client_socket is None or upstream_socket is None:
-                raise OSError("a side is closing")
-            pump = splice.Splice(
-                self._context.reactor, client_socket, upstream_socket, self._moved_in, self._moved_out, self._splice_done
-            )
-        except OSError as e:  # e.g. out of file descriptors for the pipes
-            self._log.info("tunnel {session}: not spliced ({error}); copying", session=self._session.id, error=e)
+        pump, why = None, "a side is closing"
+        if client_socket is not None and upstream_socket is not None:
+            try:
+                pump = splice.Splice(
+                    self._context.reactor, client_socket, upstream_socket, self._moved_in, self._moved_out,
+                    self._splice_done,
+                )
+            except OSError as e:  # e.g. out of file descriptors for the pipes
+                why = str(e)
+        if pump is None:
+            self._log.info("tunnel {session}: not spliced ({error}); copying", session=self._session.id, error=why)
             upstream.registerProducer(client, True)
             client.registerProducer(upstream, True)
             if not self._client_eof:

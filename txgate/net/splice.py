@@ -46,7 +46,7 @@ def plain_socket(transport: Any) -> socket.socket | None:
     """
     if not isinstance(transport, tcp.Connection) or getattr(transport, "TLS", False):
         return None
-    if not transport.connected or transport.disconnecting or transport._writeDisconnecting:
+    if not transport.connected or transport.disconnecting or getattr(transport, "_writeDisconnecting", True):
         return None
     return transport.getHandle()  # type: ignore[no-any-return]
 
@@ -193,7 +193,7 @@ class Splice:
         """
         source, destination = way.source.fileno(), way.destination.fileno()
         for _ in range(ROUNDS):
-            got = sent = 0
+            got = 0
             room = PIPE_SIZE - way.queued
             if room and not way.eof:
                 try:
@@ -215,10 +215,11 @@ class Splice:
                     pass
                 except OSError as e:
                     return self._failed(way.destination.side, e.strerror or str(e))
-                way.queued -= sent
+                else:
+                    way.queued -= sent
             if way.queued or not got:
-                # The destination is full, or the source had less than the
-                # room: the next try would most likely do nothing; wait for epoll.
+                # The destination is full, or the source had nothing more
+                # (or ended): wait for epoll.
                 break
         if way.eof and not way.queued and not way.shut:
             way.shut = True

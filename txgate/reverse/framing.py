@@ -94,15 +94,16 @@ _CONTENT_LENGTH = re.compile(rb"[0-9]{1,19}")
 _SUPPORTED = frozenset({(b"1", b"0"), (b"1", b"1")})
 
 
-def _field_error(line: bytes) -> BadHead:
+def _field_error(line: bytes, what: str = "header") -> BadHead:
+    """Why C{line}, a C{what} field line, is not C{token ":" value}."""
     name, colon, _ = line.partition(b":")
     if not colon:
-        return BadHead(400, "header line without a colon")
+        return BadHead(400, f"{what} line without a colon")
     if not name:
-        return BadHead(400, "empty header name")
+        return BadHead(400, f"empty {what} name")
     if name.rstrip(b" \t") != name:
-        return BadHead(400, "request smuggling: whitespace before colon in header name")
-    return BadHead(400, "header name is not a token")
+        return BadHead(400, f"request smuggling: whitespace before colon in {what} name")
+    return BadHead(400, f"{what} name is not a token")
 
 
 def check_head(head: bytes | bytearray) -> None:
@@ -411,14 +412,7 @@ def _check_trailer(line: bytes) -> None:
         raise BadHead(400, "obs-fold (line folding) in chunked trailer")
     field = _TRAILER_FIELD.fullmatch(line)
     if field is None:
-        name, colon, _ = line.partition(b":")
-        if not colon:
-            raise BadHead(400, "chunked trailer line without a colon")
-        if not name:
-            raise BadHead(400, "empty chunked trailer name")
-        if name.rstrip(b" \t") != name:
-            raise BadHead(400, "whitespace before colon in chunked trailer name")
-        raise BadHead(400, "chunked trailer name is not a token")
+        raise _field_error(line, "chunked trailer")
     control = _CTL.search(field.group(2))
     if control is not None:
         raise BadHead(400, f"control character 0x{control.group()[0]:02X} in chunked trailer")
