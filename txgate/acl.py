@@ -5,6 +5,7 @@ Which client addresses a service serves.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import Iterable
 
@@ -13,11 +14,16 @@ __all__ = ["client_allowed", "parse_address"]
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_address(text: str) -> Address | None:
     """
     An IP literal as an address, with an IPv4 address mapped into IPv6
     (C{::ffff:10.1.2.3}) as the IPv4 address it carries and any zone id
     (C{%eth0}) dropped; C{None} for anything that is not an IP literal.
+
+    Answers are kept for the most recent texts: a connection asks several
+    times (the client check, policy facts, hosts_file), and clients and
+    servers recur.
     """
     if len(text) > 64:  # longer than any IP literal, even with a zone id
         return None

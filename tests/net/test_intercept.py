@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 from OpenSSL._util import lib as _lib
 from OpenSSL.crypto import PKey, X509
-from twisted.internet import defer, protocol, reactor, ssl, task
+from twisted.internet import defer, protocol, reactor, ssl, task, threads
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.trial.unittest import TestCase
@@ -28,7 +28,13 @@ from zope.interface import implementer
 from txgate.accesslog import AccessLog
 from txgate.config import SSLConfig, ServiceConfig
 from txgate.net.explicit import ExplicitProxyFactory
-from txgate.net.intercept import _predict_key_share, _renew_bios, interception_state, key_shares_for
+from txgate.net.intercept import (
+    _predict_key_share,
+    _renew_bios,
+    close_idle_upstreams,
+    interception_state,
+    key_shares_for,
+)
 from txgate.net.pipeline import PipelineSettings
 from txgate.net.upstream import Connector, UpstreamPool
 from txgate.pki.authority import Authority
@@ -87,6 +93,8 @@ class _Hello(resource.Resource):
     """Whether each request's TLS connection resumed a session, as the origin saw it."""
     groups: list[str | None] = []
     """The key exchange group of each request's TLS connection."""
+    peers: list[int] = []
+    """The client port of each request's TCP connection: which upstream connection carried it."""
 
     def render_GET(self, request: Any) -> bytes:
         from OpenSSL._util import lib  # pyOpenSSL does not expose SSL_session_reused
@@ -94,6 +102,7 @@ class _Hello(resource.Resource):
         handle = request.channel.transport.getHandle()
         _Hello.reused.append(bool(lib.SSL_session_reused(handle._ssl)))
         _Hello.groups.append(handle.get_group_name())
+        _Hello.peers.append(request.getClientAddress().port)
         return b"hello " + request.uri
 
 
@@ -124,8 +133,9 @@ class _OCSP(resource.Resource):
 class _Client(protocol.Protocol):
     """CONNECT through the proxy, then TLS towards the origin, then one GET."""
 
-    def __init__(self, target: str, server_name: str, trust: x509.Certificate, alpn: list[bytes]) -> None:
+    def __init__(self, target: str, server_name: str, trust: x509.Certificate, alpn: list[bytes], headers: str = "") -> None:
         self.target, self.server_name, self.trust, self.alpn = target, server_name, trust, alpn
+        self.headers = headers
         self.buffer = b""
         self.tls = False
         self.done: defer.Deferred[dict[str, Any]] = defer.Deferred()
@@ -143,7 +153,9 @@ class _Client(protocol.Protocol):
             trust = ssl.Certificate.loadPEM(self.trust.public_bytes(serialization.Encoding.PEM))
             options = ssl.optionsForClientTLS(self.server_name, trustRoot=trust, acceptableProtocols=self.alpn)
             self.transport.startTLS(options)
-            self.transport.write(f"GET /x HTTP/1.1\r\nHost: {self.server_name}\r\nConnection: close\r\n\r\n".encode())
+            self.transport.write(
+                f"GET /x HTTP/1.1\r\nHost: {self.server_name}\r\nConnection: close\r\n{self.headers}\r\n".encode()
+            )
 
     def handshakeCompleted(self) -> None:
         cert = self.transport.getPeerCertificate()
@@ -205,10 +217,23 @@ class _ProxyCase(TestCase):
         factory = ExplicitProxyFactory(service, self.settings, connector, pool, access)
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
+        self.addCleanup(self.close_idle)
         return port.getHost().port
 
-    async def fetch(self, proxy: int, origin: int, server_name: str = "origin.test", alpn: tuple[bytes, ...] = (b"http/1.1",)) -> dict[str, Any]:
-        client = _Client(f"127.0.0.1:{origin}", server_name, self.keyring.issuer_cert, list(alpn))
+    async def close_idle(self) -> None:
+        """Close the upstream connections kept between exchanges, and let them go."""
+        close_idle_upstreams(self.authority)
+        await settle()
+
+    async def fetch(
+        self,
+        proxy: int,
+        origin: int,
+        server_name: str = "origin.test",
+        alpn: tuple[bytes, ...] = (b"http/1.1",),
+        headers: str = "",
+    ) -> dict[str, Any]:
+        client = _Client(f"127.0.0.1:{origin}", server_name, self.keyring.issuer_cert, list(alpn), headers)
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", proxy)
         await connectProtocol(endpoint, client)
         result = await client.done
@@ -262,14 +287,65 @@ class InterceptionTests(_ProxyCase):
         """
         A second connection to the same origin resumes the TLS session of
         the first (the origin sees a reused session), once the origin's
-        certificate verified.
+        certificate verified; the resumed connection, whose certificate is
+        not verified again, still gets the trusted issuer's leaf.
         """
         origin = self.listen_origin(("origin.test",))
         proxy = self.start_proxy(INTERCEPT)
         await self.fetch(proxy, origin)
-        await self.fetch(proxy, origin)
+        await self.close_idle()  # else the second client gets the first's connection
+        second = await self.fetch(proxy, origin)
         self.assertEqual(len(interception_state(self.settings).sessions), 1)
         self.assertEqual(_Hello.reused[-2:], [False, True])
+        self.assertEqual(second["cert"].issuer, self.keyring.issuer_cert.subject)
+        self.assertIn(b"hello /x", second["body"])
+
+    async def test_upstream_connection_reused(self) -> None:
+        """
+        After a clean exchange the verified upstream connection is kept: the
+        next client of the same server is shown the same trusted leaf and
+        its request goes over that connection, with no handshake upstream.
+        """
+        origin = self.listen_origin(("origin.test",))
+        proxy = self.start_proxy(INTERCEPT)
+        first = await self.fetch(proxy, origin)
+        second = await self.fetch(proxy, origin)
+        self.assertIn(b"hello /x", second["body"])
+        self.assertEqual(second["cert"].serial_number, first["cert"].serial_number)
+        self.assertEqual(_Hello.peers[-1], _Hello.peers[-2])
+        gets = [r for r in self.records.events if r["method"] == "GET"]
+        self.assertEqual([r["upstream"] for r in gets], ["new", "reused"])
+
+    async def test_connection_auth_keeps_upstream(self) -> None:
+        """
+        A request carrying NTLM credentials authenticates its upstream
+        connection: that connection is never given to another client.
+        """
+        origin = self.listen_origin(("origin.test",))
+        proxy = self.start_proxy(INTERCEPT)
+        ntlm = "Authorization: NTLM TlRMTVNTUAABAAAAB4IIogAAAAAAAAAAAAAAAAAAAAAGAbEdAAAADw==\r\n"
+        first = await self.fetch(proxy, origin, headers=ntlm)
+        self.assertIn(b"hello /x", first["body"])
+        second = await self.fetch(proxy, origin)
+        self.assertIn(b"hello /x", second["body"])
+        self.assertNotEqual(_Hello.peers[-1], _Hello.peers[-2])
+
+    async def test_next_request_new_upstream(self) -> None:
+        """
+        A client whose upstream connection went back to the pool and was
+        closed there gets a new, verified one for its next request on the
+        same intercepted connection.
+        """
+        origin = self.listen_origin(("origin.test",))
+        proxy = self.start_proxy(INTERCEPT)
+        trust = self.keyring.issuer_cert.public_bytes(serialization.Encoding.PEM).decode()
+        bodies = await threads.deferToThread(
+            _keep_alive_client, proxy, origin, trust, lambda: threads.blockingCallFromThread(reactor, self.close_idle)
+        )
+        self.assertEqual(bodies, [b"hello /a", b"hello /b"])
+        self.assertNotEqual(_Hello.peers[-1], _Hello.peers[-2])
+        gets = [r for r in self.records.events if r["method"] == "GET"]
+        self.assertEqual([(r["status"], r["upstream"]) for r in gets], [(200, "new"), (200, "new")])
 
     async def test_upstream_key_share_predicted(self) -> None:
         """
@@ -282,6 +358,7 @@ class InterceptionTests(_ProxyCase):
         group = interception_state(self.settings).sessions.group(("origin.test", "127.0.0.1", origin))
         self.assertIsNotNone(group)
         self.assertEqual(group, _Hello.groups[-1])
+        await self.close_idle()
         second = await self.fetch(proxy, origin)
         self.assertIn(b"hello /x", second["body"])
         self.assertEqual(_Hello.groups[-1], group)
@@ -326,6 +403,7 @@ class InterceptionTests(_ProxyCase):
         proxy = self.start_proxy(INTERCEPT, upstream_revocation="hard-fail")
         ok = await self.fetch(proxy, good)
         self.assertIn(b"hello /x", ok["body"])
+        await self.close_idle()
         await self.fetch(proxy, good)
         self.assertEqual(responder.asked, 1)
         refused = await self.fetch(proxy, revoked)
@@ -368,6 +446,36 @@ class HTTPSModeTests(_ProxyCase):
         proxy = self.start_proxy("<ssl-intercept>\n    ssl.forward_proxy(https)\n")
         result = await self.fetch(proxy, origin)
         self.assertIn(b"hello /x", result["body"])
+
+
+def _keep_alive_client(proxy: int, origin: int, trust_pem: str, between: Any) -> list[bytes]:
+    """
+    Blocking: CONNECT, TLS trusting C{trust_pem}, C{GET /a}, then
+    C{between()}, then C{GET /b} on the same connection; the two bodies.
+    """
+    import socket
+    import ssl as stdlib_ssl
+
+    context = stdlib_ssl.create_default_context(cadata=trust_pem)
+    raw = socket.create_connection(("127.0.0.1", proxy), timeout=10)
+    with raw:
+        raw.sendall(f"CONNECT 127.0.0.1:{origin} HTTP/1.1\r\nHost: 127.0.0.1:{origin}\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += raw.recv(1)
+        with context.wrap_socket(raw, server_hostname="origin.test") as tls:
+            reader = tls.makefile("rb")
+            bodies = []
+            for path in ("/a", "/b"):
+                if path == "/b":
+                    between()
+                tls.sendall(f"GET {path} HTTP/1.1\r\nHost: origin.test\r\n\r\n".encode())
+                length = 0
+                while (line := reader.readline()) not in (b"\r\n", b""):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                bodies.append(reader.read(length))
+            return bodies
 
 
 def _unknown_after_handshake(client: _Client) -> Any:

@@ -10,6 +10,8 @@ the records and reads it; L{detect} turns that into a verdict.
 
 from __future__ import annotations
 
+import functools
+
 import attrs
 
 from txgate.detect import msturn
@@ -53,7 +55,7 @@ class ClientHello:
     random: bytes
     session_id: bytes
     cipher_suites: tuple[int, ...]
-    extensions: list[tuple[int, bytes]]
+    extensions: tuple[tuple[int, bytes], ...]
     sni: str | None = None
     alpn: tuple[str, ...] = ()
     supported_versions: tuple[int, ...] = ()
@@ -166,10 +168,14 @@ def _parse_supported_versions(data: bytes) -> tuple[int, ...]:
     return tuple(int.from_bytes(versions[i : i + 2], "big") for i in range(0, len(versions), 2))
 
 
+@functools.lru_cache(maxsize=32)
 def parse_client_hello(data: bytes) -> ClientHello | None:
     """
     Read the ClientHello at the start of C{data}, which may span several
     records. Bytes after the ClientHello's last record are ignored.
+
+    The last few results are kept: detection reads a hello, and SSL
+    interception reads the same bytes again to pick the leaf's key type.
 
     @return:
         - a L{ClientHello} on success;
@@ -212,7 +218,7 @@ def parse_client_hello(data: bytes) -> ClientHello | None:
         random=random,
         session_id=session_id,
         cipher_suites=cipher_suites,
-        extensions=extensions,
+        extensions=tuple(extensions),
         sni=_parse_server_name(found[EXT_SERVER_NAME]) if EXT_SERVER_NAME in found else None,
         alpn=_parse_alpn(found[EXT_ALPN]) if EXT_ALPN in found else (),
         supported_versions=(

@@ -37,6 +37,7 @@ from txgate.net.pipeline import Delegating, Pipeline, PipelineSettings
 from txgate.net.transaction import Transaction, identify_client, open_session
 from txgate.net.upstream import Connector, Upstream, UpstreamPool, describe_connect_failure
 from txgate.pki.authority import MAX_OCSP_BODY
+from txgate.reverse.headers import connection_auth
 from txgate.session import Address, ClientProtocol, Session
 
 __all__ = ["ExplicitProxyFactory", "ExplicitProxy"]
@@ -104,7 +105,7 @@ class ExplicitProxy(Delegating):
     connection_user: str | None = None
     """The user the connection itself authenticated (SOCKS5); requests start from it."""
     pinned = False
-    """Whether every request goes over C{spare}, this connection's own upstream (intercepted TLS), never the pool."""
+    """Whether requests go only to this connection's own server (intercepted TLS), never through the pool."""
 
     def connectionMade(self) -> None:
         self.session = open_session(self.factory, ClientProtocol.HTTP, self.transport)
@@ -124,6 +125,14 @@ class ExplicitProxy(Delegating):
         self._line_seen = False
         self._idle: IdleWatch | None = IdleWatch(factory.reactor, service.idle_timeout, self._timed_out)
         self.spare: Upstream | None = None
+
+    def next_upstream(self) -> Deferred[tuple[Upstream, bool]] | None:
+        """
+        For a C{pinned} connection whose own upstream is gone: another one
+        to its server (and whether it was reused), or C{None} when there is
+        none to have. The explicit proxy itself pins nothing.
+        """
+        return None
 
     def _identify_client(self) -> None:
         """
@@ -503,6 +512,7 @@ class _Exchange:
         self._finished = False
         self._registered = False
         self._upstream_error = ""
+        self._response_headers: Any = ()
         self._has_body = any(n in (b"content-length", b"transfer-encoding") for n, _ in request.headers)
 
     def start(self) -> None:
@@ -511,14 +521,21 @@ class _Exchange:
         target = self._target
         spare = proxy.spare
         if proxy.pinned:
-            # Intercepted TLS: every request goes over the connection the
-            # client's handshake was emulated for.
+            # Intercepted TLS: every request goes to the server the client's
+            # handshake was emulated for, over the connection kept for this
+            # client, or one its interceptor hands out.
             proxy.spare = None
-            if spare is None or spare.lost is not None or spare.eof:
-                self._finished = True
-                proxy.error(self._transaction, 502, f"upstream {target.authority} closed the intercepted connection")
-                return
-            d: Deferred[tuple[Upstream, bool]] = succeed((spare, spare.h11 is not None))
+            if spare is not None and spare.lost is None and not spare.eof:
+                d: Deferred[tuple[Upstream, bool]] = succeed((spare, spare.h11 is not None))
+            else:
+                if spare is not None:
+                    spare.transport.loseConnection()
+                fresh = proxy.next_upstream()
+                if fresh is None:
+                    self._finished = True
+                    proxy.error(self._transaction, 502, f"upstream {target.authority} closed the intercepted connection")
+                    return
+                d = fresh
         elif spare is not None and target.scheme == "http" and spare.lost is None:
             # The connection opened before the stream was known to be HTTP
             # serves its first request.
@@ -548,8 +565,11 @@ class _Exchange:
         request = self._request
         chunked = any(n == b"transfer-encoding" for n, _ in request.headers)
         headers = request_headers_upstream(list(request.headers), self._target, chunked)
+        # _parsed: h11 read and checked the client's headers; Host comes
+        # from the parsed target and Via is txgate's own, so h11's field
+        # regexes need not run over them again.
         self._write_upstream(
-            h11.Request(method=request.method, target=self._target.path, headers=headers)
+            h11.Request(method=request.method, target=self._target.path, headers=headers, _parsed=True)
         )
         client, server = self._proxy.transport, upstream.transport
         server.registerProducer(client, True)
@@ -642,23 +662,27 @@ class _Exchange:
         self._unregister()
         upstream.transport.loseConnection()
         detail = reason.getErrorMessage() if reason is not None else "connection closed"
+        proxy = self._proxy
         if (
             not self._response_started
             and self._reused
-            and not self._proxy.pinned
             and not self._retried
             and not self._has_body
             and self._request.method in RETRYABLE
         ):
             # A pooled connection the server closed while idle: try once more
             # on a fresh one, as clients do for idempotent requests.
-            self._retried = True
-            self._upstream = None
             target = self._target
-            d = self._proxy.factory.connector.connect(target.connect_host, target.port, tls=target.scheme == "https")
-            d.addCallback(lambda fresh: (fresh, False))
-            d.addCallbacks(self._connected, self._connect_failed)
-            return
+            if not proxy.pinned:
+                d = proxy.factory.connector.connect(target.connect_host, target.port, tls=target.scheme == "https")
+                d.addCallback(lambda fresh: (fresh, False))
+            else:
+                d = proxy.next_upstream()
+            if d is not None:
+                self._retried = True
+                self._upstream = None
+                d.addCallbacks(self._connected, self._connect_failed)
+                return
         if not self._response_started:
             self._finished = True
             self._proxy.error(
@@ -702,11 +726,13 @@ class _Exchange:
             elif isinstance(event, h11.Response):
                 self._response_started = True
                 self._status = event.status_code
+                self._response_headers = event.headers
                 proxy.send(
                     h11.Response(
                         status_code=event.status_code,
                         headers=response_headers_downstream(list(event.headers)),
                         reason=event.reason,
+                        _parsed=True,  # h11 read these from the server (Via is txgate's)
                     )
                 )
             elif isinstance(event, h11.Data):
@@ -761,7 +787,8 @@ class _Exchange:
         if self._proxy.pinned:
             if reusable_upstream:
                 conn.start_next_cycle()
-                self._proxy.keep_upstream(upstream)
+                authenticating = connection_auth(self._request.headers, self._transaction_status(), self._response_headers)
+                self._proxy.keep_upstream(upstream, authenticating)
             else:
                 upstream.transport.loseConnection()
             self._proxy.exchange_done(self._request_done and reusable_upstream)

@@ -52,9 +52,14 @@ class InnerHTTP(ExplicitProxy):
         self._ended = False
         self.begin_http()
         self.spare = context.upstream
-        # Inside intercepted TLS the upstream is this connection's own.
+        # Inside intercepted TLS requests go only to the server the client's
+        # handshake was emulated for: over this connection's upstream, or
+        # one its source (the interceptor's) hands out.
         self.pinned = context.session.intercepted
         self.scheme = "https" if self.pinned else "http"
+        self._source = getattr(context.upstream, "source", None) if self.pinned else None
+        self._authenticated = False
+        """Set once NTLM or Negotiate began: the upstream then stays with this connection."""
 
     def dataReceived(self, data: bytes) -> None:
         if self.spare is not None and len(self._received) <= self.factory.service.max_header_size:
@@ -101,19 +106,41 @@ class InnerHTTP(ExplicitProxy):
         self._received = bytearray()
         super().exchange_done(reusable)
 
-    def keep_upstream(self, upstream: Any) -> None:
+    def keep_upstream(self, upstream: Any, authenticating: bool = False) -> None:
         """
-        Keep the pinned upstream for the next request; if the server closes
-        it (or speaks) meanwhile, close the client connection too, so the
-        client opens a new one (which gets a new upstream).
+        After a clean exchange, give the upstream back to its source, for
+        whichever client needs one next.
+
+        A connection NTLM or Negotiate authenticated (C{authenticating}, or
+        any earlier exchange), or one without a source, is kept for this
+        client's next request instead; if the server closes it (or speaks)
+        meanwhile, the client connection is closed too, so the client opens
+        a new one (which gets a new upstream).
         """
+        self._authenticated = self._authenticated or authenticating
+        if self._source is not None and not self._authenticated:
+            self._source.put(upstream)
+            return
         self.spare = upstream
         upstream.attach(_PinnedWatch(self, upstream))
 
+    def next_upstream(self) -> Any:
+        """
+        A L{Deferred} upstream (and whether it was reused) for a request when
+        this connection holds none, or C{None} when it must not get another:
+        the client authenticated its connection, or there is no source.
+        """
+        if self._source is None or self._authenticated:
+            return None
+        return self._source.get()
+
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        if self.spare is not None:  # opened for a request that never came
-            self.spare.transport.loseConnection()
-            self.spare = None
+        spare, self.spare = self.spare, None
+        if spare is not None:  # opened for a request that never came, or kept for the next
+            if self._source is not None and not self._authenticated:
+                self._source.put(spare)  # idle and verified: another client's
+            else:
+                spare.transport.loseConnection()
         super().connectionLost(reason)
         if not self._ended:
             self._ended = True

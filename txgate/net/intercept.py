@@ -59,14 +59,30 @@ from txgate.interception import (
 )
 from txgate.interfaces import IInterceptor, InterceptRequest
 from txgate.net.pipeline import Delegating
-from txgate.net.upstream import Upstream
+from txgate.net.upstream import IdlePools, Upstream
 from txgate.pki import revocation
 from txgate.pki.mint import LeafCache, LeafTemplate, template_from_upstream
 
-__all__ = ["SSLInterceptor", "InterceptionFailed", "TLSUpstream", "Decrypted", "Leaf", "interception_cache", "server_context"]
+__all__ = [
+    "SSLInterceptor",
+    "InterceptionFailed",
+    "TLSUpstream",
+    "UpstreamSource",
+    "Decrypted",
+    "Leaf",
+    "close_idle_upstreams",
+    "interception_cache",
+    "server_context",
+]
 
 HANDSHAKE_TIMEOUT = 30.0
 """Seconds the upstream TLS handshake may take before the client is told no."""
+
+REUSE_MAX_IDLE = 8
+"""Idle upstream TLS connections kept per intercepted server (as the explicit proxy's pool keeps per server)."""
+
+REUSE_IDLE_TIMEOUT = 60.0
+"""Seconds an idle upstream TLS connection is kept for the next intercepted client."""
 
 
 class InterceptionFailed(Exception):
@@ -98,7 +114,11 @@ class TLSUpstream(Upstream):
         self.resume = resume
         self.sessions = sessions
         self.verified = False
-        """Set once the server's certificate passed verification: only then is its session kept for resumption."""
+        """Set once the server's certificate passed verification: only then is its session kept for resumption, and the connection reused."""
+        self.template: LeafTemplate | None = None
+        """The template of the leaf emulating this server's certificate, once verified."""
+        self.source: UpstreamSource | None = None
+        """Where the handoff returns this connection after an exchange, and gets the next one."""
 
     def connectionMade(self) -> None:
         """The TCP connection under the TLS layer already sends at once."""
@@ -193,6 +213,17 @@ _CAN_RENEW_BIOS = _lib is not None and all(
     hasattr(_lib, name) for name in ("BIO_get_mem_data", "BIO_new", "BIO_s_mem", "BIO_free", "SSL_set_bio")
 )
 _CAN_PREDICT_KEY_SHARE = _lib is not None and hasattr(_lib, "SSL_set1_curves_list")
+_CAN_TELL_RESUMED = _lib is not None and hasattr(_lib, "SSL_session_reused")
+
+
+def _resumed(connection: SSL.Connection) -> bool:
+    """
+    Whether C{connection}'s handshake resumed a session. pyOpenSSL does not
+    wrap C{SSL_session_reused}, so this uses its C{_ssl}; a pyOpenSSL
+    without it answers C{False} (every handshake is then verified anew).
+    """
+    ssl = getattr(connection, "_ssl", None)
+    return ssl is not None and _CAN_TELL_RESUMED and bool(_lib.SSL_session_reused(ssl))
 
 
 def _renew_bios(connection: SSL.Connection) -> bool:
@@ -575,6 +606,56 @@ class _Interception:
         self.revocation: RevocationChecker | None = None
         if ssl.upstream_revocation != "off":
             self.revocation = RevocationChecker(reactor, ssl.upstream_revocation, trust_anchors(ssl.upstream_ca_bundle))
+        self.reactor = reactor
+        # Verified upstream TLS connections between two HTTP exchanges, by
+        # _ReuseKey: the next intercepted client of that server takes one
+        # instead of a handshake of its own.
+        self.idle = IdlePools(reactor, REUSE_MAX_IDLE, REUSE_IDLE_TIMEOUT)
+
+    def handshake(self, tcp: Upstream, upstream: "TLSUpstream") -> Deferred["TLSUpstream"]:
+        """
+        Lay TLS towards the server over the open connection C{tcp}, with
+        C{upstream} as its decrypted side; fires once the handshake is done
+        (within L{HANDSHAKE_TIMEOUT}), or fails.
+        """
+        tls = self.upstream_factory.protocol(self.upstream_factory, upstream)
+        tls.makeConnection(tcp.transport)
+        tcp.attach(_Ciphertext(tls, tcp))
+        handshake = upstream.handshake
+        assert handshake is not None
+        timer = self.reactor.callLater(HANDSHAKE_TIMEOUT, tls.abortConnection)
+
+        def done(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return handshake.addBoth(done)
+
+    def judge(self, upstream: "TLSUpstream", leaf: x509.Certificate, name: str) -> Deferred[str | None]:
+        """
+        Why the server's certificate C{leaf} is not to be trusted for
+        C{name}, or C{None}: nothing is checked unless C{verify_upstream} is
+        C{"strict"}. A resumed session is one txgate kept only after this
+        certificate verified for this name and port (L{SessionCache}), so its
+        chain and name are not checked again, as TLS clients do not on
+        resumption; revocation still is (its answers are cached).
+        """
+        if self.ssl.verify_upstream != "strict":
+            return succeed(None)
+        connection = upstream.transport.getHandle()  # type: ignore[union-attr]
+        problem = None if _resumed(connection) else verify_upstream(upstream, leaf, name)
+        if problem is not None or self.revocation is None:
+            return succeed(problem)
+        chain = connection.get_peer_cert_chain(as_cryptography=True) or []
+        return self.revocation.check(leaf, chain[1:])
+
+    def trusted(self, upstream: "TLSUpstream", leaf: x509.Certificate) -> LeafTemplate:
+        """Mark C{upstream} verified; the template of the leaf emulating its certificate C{leaf}."""
+        now = datetime.datetime.fromtimestamp(self.reactor.seconds(), datetime.timezone.utc)
+        upstream.verified = True
+        upstream.template = template_from_upstream(leaf, now=now)
+        return upstream.template
 
     def leaf_for(self, template: LeafTemplate, key_type: str, untrusted: bool) -> Leaf:
         authority = self.authority
@@ -591,6 +672,82 @@ class _Interception:
         return leaf
 
 
+@attrs.frozen
+class _ReuseKey:
+    """What makes two upstream TLS connections interchangeable for intercepted HTTP."""
+
+    sni: str | None
+    host: str
+    port: int
+    alpn: tuple[str, ...]
+
+
+class UpstreamSource:
+    """
+    Upstream TLS connections for the intercepted HTTP of one client
+    connection: the HTTP handoff returns a connection here after a clean
+    exchange (kept for the next intercepted client of the same server, name
+    and ALPN offer), and gets one here for its next request, from the idle
+    ones or newly opened and verified.
+
+    Connection-oriented authentication (NTLM, Negotiate) is the handoff's
+    to notice: such a connection stays with its client and never comes here.
+    """
+
+    def __init__(self, state: _Interception, key: _ReuseKey, connector: Any) -> None:
+        self._state = state
+        self.key = key
+        self._connector = connector
+
+    def take(self) -> "TLSUpstream | None":
+        """An idle verified connection, or C{None}."""
+        return self._state.idle.take(self.key)  # type: ignore[return-value]
+
+    def put(self, upstream: "TLSUpstream") -> None:
+        """Keep C{upstream}, between two exchanges, for whoever needs one next; an unverified one is closed."""
+        if not upstream.verified:
+            upstream.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        self._state.idle.put(self.key, upstream)
+
+    def get(self) -> Deferred[tuple["TLSUpstream", bool]]:
+        """A connection for the next request, and whether it was idle (reused)."""
+        idle = self.take()
+        if idle is not None:
+            return succeed((idle, True))
+        return self.connect().addCallback(lambda upstream: (upstream, False))
+
+    def connect(self) -> Deferred["TLSUpstream"]:
+        """
+        A new connection, handshaken and verified; fails with
+        L{InterceptionFailed} when the server's certificate is not to be
+        trusted (the client was shown a trusted leaf for this server).
+        """
+        key, state = self.key, self._state
+        upstream = TLSUpstream(key.sni, key.alpn, (key.sni, key.host, key.port), state.sessions)
+        upstream.source = self
+        d = self._connector.connect(key.host, key.port)
+        d.addCallback(state.handshake, upstream)
+        d.addCallback(self._verify)
+        return d
+
+    def _verify(self, upstream: "TLSUpstream") -> Deferred["TLSUpstream"]:
+        name = self.key.sni or self.key.host
+        leaf = upstream.transport.getHandle().get_peer_certificate(as_cryptography=True)  # type: ignore[union-attr]
+        if leaf is None:
+            upstream.transport.loseConnection()  # type: ignore[union-attr]
+            raise InterceptionFailed(f"upstream {name} sent no certificate")
+
+        def judged(problem: str | None) -> "TLSUpstream":
+            if problem is not None:
+                upstream.transport.loseConnection()  # type: ignore[union-attr]
+                raise InterceptionFailed(f"upstream certificate of {name} not trusted: {problem}")
+            self._state.trusted(upstream, leaf)
+            return upstream
+
+        return self._state.judge(upstream, leaf, name).addCallback(judged)
+
+
 _states: "weakref.WeakKeyDictionary[Any, _Interception]" = weakref.WeakKeyDictionary()
 
 
@@ -600,6 +757,13 @@ def interception_state(settings: Any) -> _Interception:
     if state is None:
         state = _states[settings.authority] = _Interception(settings.ssl, settings.authority, settings.reactor)
     return state
+
+
+def close_idle_upstreams(authority: Any) -> None:
+    """Close the idle upstream TLS connections kept for C{authority}'s interception (at shutdown)."""
+    state = _states.get(authority)
+    if state is not None:
+        state.idle.close_all()
 
 
 def interception_cache(authority: Any) -> LeafCache[Leaf] | None:
@@ -625,48 +789,41 @@ class SSLInterceptor:
 
     def intercept(self, request: InterceptRequest) -> Deferred[Any]:
         context = request.context
-        settings = request.settings
-        state = interception_state(settings)
+        state = interception_state(request.settings)
         session = context.session
-        mode = Mode(request.mode)
         tcp: Upstream = context.upstream  # type: ignore[assignment]
         destination = session.destination
+        alpn = upstream_alpn(session.alpn, Mode(request.mode))
+        source = None
+        connector = getattr(context.service, "connector", None)
+        if destination is not None and connector is not None:
+            source = UpstreamSource(state, _ReuseKey(session.sni, destination.host, destination.port, alpn), connector)
+            idle = source.take()
+            if idle is not None:
+                # A verified connection to this server is idle: the client is
+                # shown the leaf emulating its certificate, and the connection
+                # opened for this client is not needed.
+                idle.detach()
+                tcp.transport.loseConnection()
+                assert idle.template is not None
+                return succeed(self._client_side(idle, request, state, idle.template, untrusted=False))
         resume = (session.sni, destination.host, destination.port) if destination is not None else None
-        upstream = TLSUpstream(session.sni, upstream_alpn(session.alpn, mode), resume, state.sessions)
-        tls = state.upstream_factory.protocol(state.upstream_factory, upstream)
-        tls.makeConnection(tcp.transport)
-        tcp.attach(_Ciphertext(tls, tcp))
-        handshake = upstream.handshake
-        assert handshake is not None
-        reactor = context.reactor
-        timer = reactor.callLater(HANDSHAKE_TIMEOUT, tls.abortConnection)  # type: ignore[attr-defined]
-
-        def done(result: Any) -> Any:
-            if timer.active():
-                timer.cancel()
-            return result
-
-        handshake.addBoth(done)
-        handshake.addCallback(self._upstream_ready, request, state)
-        return handshake
+        upstream = TLSUpstream(session.sni, alpn, resume, state.sessions)
+        upstream.source = source
+        d = state.handshake(tcp, upstream)
+        d.addCallback(self._upstream_ready, request, state)
+        return d
 
     def _upstream_ready(self, upstream: TLSUpstream, request: InterceptRequest, state: _Interception) -> Any:
         session = request.context.session
-        connection = upstream.transport.getHandle()  # type: ignore[union-attr]
-        leaf = connection.get_peer_certificate(as_cryptography=True)
+        leaf = upstream.transport.getHandle().get_peer_certificate(as_cryptography=True)  # type: ignore[union-attr]
         if leaf is None:
             metrics.tls_handshake_failed("upstream", metrics.HandshakeFailure.UPSTREAM_FAILED)
             upstream.transport.loseConnection()  # type: ignore[union-attr]
             raise InterceptionFailed("upstream sent no certificate")
         destination = session.destination
         name = session.sni or (destination.host if destination is not None else "")
-        if state.ssl.verify_upstream != "strict":
-            return self._emulate(upstream, request, state, leaf, name, None)
-        problem = verify_upstream(upstream, leaf, name)
-        if problem is not None or state.revocation is None:
-            return self._emulate(upstream, request, state, leaf, name, problem)
-        chain = connection.get_peer_cert_chain(as_cryptography=True) or []
-        d = state.revocation.check(leaf, chain[1:])
+        d = state.judge(upstream, leaf, name)
         d.addCallback(lambda problem: self._emulate(upstream, request, state, leaf, name, problem))
         return d
 
@@ -681,30 +838,34 @@ class SSLInterceptor:
     ) -> Any:
         """The client side, with a leaf emulating C{leaf} (under the untrusted issuer when C{problem})."""
         if problem is None:
-            upstream.verified = True
+            return self._client_side(upstream, request, state, state.trusted(upstream, leaf), untrusted=False)
         session = request.context.session
         now = datetime.datetime.fromtimestamp(request.context.reactor.seconds(), datetime.timezone.utc)  # type: ignore[attr-defined]
         template = template_from_upstream(leaf, now=now)
-        untrusted = False
-        if problem is not None:
-            metrics.tls_handshake_failed("upstream", metrics.HandshakeFailure.UNTRUSTED_UPSTREAM)
-            untrusted = bool(request.decision.properties.get("server.certificate.validate", True))
-            if not untrusted:
-                template = vouched_template(template, name, now)
-            self._log.info(
-                "session {session}: upstream certificate of {name} not trusted: {problem}; {outcome}",
-                session=session.id,
-                name=name,
-                problem=problem,
-                outcome="emulated under the untrusted issuer" if untrusted else "accepted (server.certificate.validate(no))",
-            )
+        metrics.tls_handshake_failed("upstream", metrics.HandshakeFailure.UNTRUSTED_UPSTREAM)
+        untrusted = bool(request.decision.properties.get("server.certificate.validate", True))
+        if not untrusted:
+            template = vouched_template(template, name, now)
+        self._log.info(
+            "session {session}: upstream certificate of {name} not trusted: {problem}; {outcome}",
+            session=session.id,
+            name=name,
+            problem=problem,
+            outcome="emulated under the untrusted issuer" if untrusted else "accepted (server.certificate.validate(no))",
+        )
+        return self._client_side(upstream, request, state, template, untrusted)
+
+    def _client_side(
+        self, upstream: TLSUpstream, request: InterceptRequest, state: _Interception, template: LeafTemplate, untrusted: bool
+    ) -> Any:
+        """The TLS layer towards the client, showing the leaf minted from C{template}."""
         try:
             hello = parse_client_hello(request.hello)
         except ValueError:
             hello = None
         key_type = choose_key_type(hello, state.ssl.leaf_keys)
         leaf = state.leaf_for(template, key_type, untrusted)
-        session.intercepted = True
+        request.context.session.intercepted = True
         decrypted = Decrypted(
             leaf,
             upstream.transport.negotiatedProtocol,  # type: ignore[union-attr]

@@ -27,7 +27,7 @@ from txgate.errors import ConfigError, ConfigErrors
 from txgate.interfaces import IPolicy, PolicyEnvironment
 from txgate.admin.source import LocalSource
 from txgate.net.explicit import ExplicitProxyFactory
-from txgate.net.intercept import interception_cache
+from txgate.net.intercept import close_idle_upstreams, interception_cache
 from txgate.net.listeners import listen
 from txgate.net.operations import Running, drain, start_admin
 from txgate.net.pipeline import PipelineSettings
@@ -421,5 +421,6 @@ class ForwardService(MultiService):
         d = gatherResults([w for w in waits if w is not None])
         d.addCallback(lambda _: drain(self.reactor, live, self.config.txgate.drain_timeout, end_all))
         d.addCallback(lambda _: [pool.close_all() for pool in self._pools])
+        d.addCallback(lambda _: close_idle_upstreams(self.authority))
         return d
 

@@ -27,7 +27,7 @@ from zope.interface import implementer
 
 from txgate.hosts import Hosts
 
-__all__ = ["Upstream", "Connector", "IdlePool", "UpstreamPool", "describe_connect_failure", "no_delay"]
+__all__ = ["Upstream", "Connector", "IdlePool", "IdlePools", "UpstreamPool", "describe_connect_failure", "no_delay"]
 
 
 def no_delay(transport: Any) -> None:
@@ -112,6 +112,14 @@ class Upstream(Protocol):
         if self.eof:
             receiver.upstream_eof()
         self.transport.resumeProducing()
+
+    def detach(self) -> None:
+        """
+        Hold bytes from the server again, as before L{attach}: for a
+        connection taken from a pool that is handed on unattached.
+        """
+        self._receiver = None
+        self.__dict__.pop("dataReceived", None)
 
 
 def _is_ip_literal(host: str) -> bool:
@@ -284,45 +292,26 @@ class IdlePool:
             upstream.transport.loseConnection()
 
 
-@attrs.frozen
-class _PoolKey:
-    scheme: str
-    host: str
-    port: int
-
-
-class UpstreamPool:
+class IdlePools:
     """
-    Idle keep-alive connections to upstream servers, by scheme, host and
-    port: an L{IdlePool} per server, dropped once empty.
-
-    @ivar max_idle_per_key: idle connections kept per server; more are closed.
-    @ivar idle_timeout: seconds an idle connection is kept.
+    Idle keep-alive connections by key (a server, and whatever else makes
+    two connections to it interchangeable): an L{IdlePool} per key, dropped
+    once empty.
     """
 
-    max_idle_per_key = 8
-    idle_timeout = 60.0
-
-    def __init__(self, connector: Connector, clock: IReactorTime) -> None:
-        self._connector = connector
+    def __init__(self, clock: IReactorTime, max_idle_per_key: int, idle_timeout: float) -> None:
         self._clock = clock
-        self._idle: dict[_PoolKey, IdlePool] = {}
+        self.max_idle_per_key = max_idle_per_key
+        self.idle_timeout = idle_timeout
+        self._idle: dict[Any, IdlePool] = {}
 
-    def get(self, scheme: str, host: str, port: int) -> Deferred[tuple[Upstream, bool]]:
-        """
-        @return: a L{Deferred} firing with an upstream connection and whether
-            it was reused from the pool.
-        """
-        pool = self._idle.get(_PoolKey(scheme, host, port))
-        upstream = pool.take() if pool is not None else None
-        if upstream is not None:
-            return succeed((upstream, True))
-        d = self._connector.connect(host, port, tls=(scheme == "https"))
-        return d.addCallback(lambda upstream: (upstream, False))
+    def take(self, key: Any) -> Upstream | None:
+        """The newest idle connection for C{key} still open, or C{None}."""
+        pool = self._idle.get(key)
+        return pool.take() if pool is not None else None
 
-    def put(self, scheme: str, host: str, port: int, upstream: Upstream) -> None:
-        """Keep C{upstream} for reuse, or close it when the pool is full."""
-        key = _PoolKey(scheme, host, port)
+    def put(self, key: Any, upstream: Upstream) -> None:
+        """Keep C{upstream} for reuse under C{key}, or close it when that pool is full."""
         pool = self._idle.get(key)
         if pool is None:
             pool = self._idle[key] = IdlePool(self._clock, self.max_idle_per_key, self.idle_timeout)
@@ -333,3 +322,45 @@ class UpstreamPool:
         pools, self._idle = list(self._idle.values()), {}
         for pool in pools:
             pool.close_all()
+
+
+@attrs.frozen
+class _PoolKey:
+    scheme: str
+    host: str
+    port: int
+
+
+class UpstreamPool:
+    """
+    Idle keep-alive connections to upstream servers, by scheme, host and
+    port (L{IdlePools}), and the connector for new ones.
+
+    @ivar max_idle_per_key: idle connections kept per server; more are closed.
+    @ivar idle_timeout: seconds an idle connection is kept.
+    """
+
+    max_idle_per_key = 8
+    idle_timeout = 60.0
+
+    def __init__(self, connector: Connector, clock: IReactorTime) -> None:
+        self._connector = connector
+        self._idle = IdlePools(clock, self.max_idle_per_key, self.idle_timeout)
+
+    def get(self, scheme: str, host: str, port: int) -> Deferred[tuple[Upstream, bool]]:
+        """
+        @return: a L{Deferred} firing with an upstream connection and whether
+            it was reused from the pool.
+        """
+        upstream = self._idle.take(_PoolKey(scheme, host, port))
+        if upstream is not None:
+            return succeed((upstream, True))
+        d = self._connector.connect(host, port, tls=(scheme == "https"))
+        return d.addCallback(lambda upstream: (upstream, False))
+
+    def put(self, scheme: str, host: str, port: int, upstream: Upstream) -> None:
+        """Keep C{upstream} for reuse, or close it when the pool is full."""
+        self._idle.put(_PoolKey(scheme, host, port), upstream)
+
+    def close_all(self) -> None:
+        self._idle.close_all()
