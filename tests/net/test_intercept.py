@@ -339,13 +339,48 @@ class InterceptionTests(_ProxyCase):
         origin = self.listen_origin(("origin.test",))
         proxy = self.start_proxy(INTERCEPT)
         trust = self.keyring.issuer_cert.public_bytes(serialization.Encoding.PEM).decode()
-        bodies = await threads.deferToThread(
-            _keep_alive_client, proxy, origin, trust, lambda: threads.blockingCallFromThread(reactor, self.close_idle)
-        )
-        self.assertEqual(bodies, [b"hello /a", b"hello /b"])
+        close_idle = lambda: threads.blockingCallFromThread(reactor, self.close_idle)  # noqa: E731
+        bodies = await threads.deferToThread(_keep_alive_client, proxy, origin, trust, ["/a", close_idle, "/b"])
+        self.assertEqual(bodies, [(200, b"hello /a"), (200, b"hello /b")])
         self.assertNotEqual(_Hello.peers[-1], _Hello.peers[-2])
         gets = [r for r in self.records.events if r["method"] == "GET"]
         self.assertEqual([(r["status"], r["upstream"]) for r in gets], [(200, "new"), (200, "new")])
+
+    async def test_idle_client_holds_no_upstream(self) -> None:
+        """
+        A client that has shaken hands (HTTP/1.1 by ALPN) but not asked yet
+        holds no upstream connection: the one opened for it serves another
+        client meanwhile, and is fetched back when it asks.
+        """
+        origin = self.listen_origin(("origin.test",))
+        proxy = self.start_proxy(INTERCEPT)
+        trust = self.keyring.issuer_cert.public_bytes(serialization.Encoding.PEM).decode()
+        other = lambda: threads.blockingCallFromThread(reactor, lambda: defer.ensureDeferred(self.fetch(proxy, origin)))  # noqa: E731
+        bodies = await threads.deferToThread(_keep_alive_client, proxy, origin, trust, [other, "/late"])
+        self.assertEqual(bodies, [(200, b"hello /late")])
+        self.assertEqual(_Hello.peers[-1], _Hello.peers[-2], "the idle client's upstream was not lent out")
+
+    async def test_no_upstream_for_idle_client(self) -> None:
+        """
+        When the server cannot be reached any more by the time an idle
+        client asks, the client gets a 502 naming why, and the access log
+        says so.
+        """
+        origin_port = self.listen_origin(("origin.test",))
+        [origin] = [p for p in reactor.getReaders() if getattr(p, "getHost", None) and p.getHost().port == origin_port]
+        proxy = self.start_proxy(INTERCEPT)
+        trust = self.keyring.issuer_cert.public_bytes(serialization.Encoding.PEM).decode()
+
+        async def gone() -> None:
+            await origin.stopListening()
+            await self.close_idle()
+
+        vanish = lambda: threads.blockingCallFromThread(reactor, lambda: defer.ensureDeferred(gone()))  # noqa: E731
+        [(status, body)] = await threads.deferToThread(_keep_alive_client, proxy, origin_port, trust, [vanish, "/late"])
+        self.assertEqual(status, 502)
+        self.assertIn(b"connection refused", body)
+        [record] = [r for r in self.records.events if r["method"] == "CONNECT"]
+        self.assertIn("connection refused", record["reason"])
 
     async def test_upstream_key_share_predicted(self) -> None:
         """
@@ -448,15 +483,17 @@ class HTTPSModeTests(_ProxyCase):
         self.assertIn(b"hello /x", result["body"])
 
 
-def _keep_alive_client(proxy: int, origin: int, trust_pem: str, between: Any) -> list[bytes]:
+def _keep_alive_client(proxy: int, origin: int, trust_pem: str, steps: list[Any]) -> list[tuple[int, bytes]]:
     """
-    Blocking: CONNECT, TLS trusting C{trust_pem}, C{GET /a}, then
-    C{between()}, then C{GET /b} on the same connection; the two bodies.
+    Blocking: CONNECT, TLS trusting C{trust_pem}, then each step on that
+    one connection: a path is a C{GET}, anything else is called; the
+    status and body of each response.
     """
     import socket
     import ssl as stdlib_ssl
 
     context = stdlib_ssl.create_default_context(cadata=trust_pem)
+    context.set_alpn_protocols(["http/1.1"])
     raw = socket.create_connection(("127.0.0.1", proxy), timeout=10)
     with raw:
         raw.sendall(f"CONNECT 127.0.0.1:{origin} HTTP/1.1\r\nHost: 127.0.0.1:{origin}\r\n\r\n".encode())
@@ -466,15 +503,17 @@ def _keep_alive_client(proxy: int, origin: int, trust_pem: str, between: Any) ->
         with context.wrap_socket(raw, server_hostname="origin.test") as tls:
             reader = tls.makefile("rb")
             bodies = []
-            for path in ("/a", "/b"):
-                if path == "/b":
-                    between()
+            for path in steps:
+                if not isinstance(path, str):
+                    path()
+                    continue
                 tls.sendall(f"GET {path} HTTP/1.1\r\nHost: origin.test\r\n\r\n".encode())
+                status = int(reader.readline().split()[1])
                 length = 0
                 while (line := reader.readline()) not in (b"\r\n", b""):
                     if line.lower().startswith(b"content-length:"):
                         length = int(line.split(b":")[1])
-                bodies.append(reader.read(length))
+                bodies.append((status, reader.read(length)))
             return bodies
 
 

@@ -7,6 +7,7 @@ section 3.2.2), and how it reads the request target it is sent.
 from __future__ import annotations
 
 import ipaddress
+from http import HTTPStatus
 from urllib.parse import urlsplit
 
 import attrs
@@ -22,6 +23,7 @@ __all__ = [
     "response_headers_downstream",
     "strip_hop_by_hop",
     "error_page",
+    "error_response",
     "VIA",
     "RETRYABLE",
     "as_bytes",
@@ -253,3 +255,13 @@ def error_page(status: int, message: str) -> tuple[Headers, bytes]:
         ],
         body,
     )
+
+
+def error_response(status: int, message: str) -> bytes:
+    """
+    L{error_page} as a whole HTTP/1.1 response closing the connection, for
+    a stream no HTTP state machine carries (yet).
+    """
+    headers, body = error_page(status, message)
+    head = b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode("ascii"))
+    return head + b"".join(n + b": " + v + b"\r\n" for n, v in headers) + b"connection: close\r\n\r\n" + body

@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txgate.errors import PeerProtocolError
-from txgate.http.proxying import Target, error_page, parse_host_header, parse_target
+from txgate.http.proxying import Target, error_response, parse_host_header, parse_target
 from txgate.interfaces import HandoffContext, IHandoff
 from txgate.net.explicit import ExplicitProxy
 from txgate.session import ClientProtocol
@@ -188,6 +188,4 @@ class HTTPHandoff:
 
     def refusal(self, buffered: bytes, reason: str) -> bytes:
         """A 403 page, as the explicit proxy answers a denied request."""
-        headers, body = error_page(403, reason)
-        head = b"HTTP/1.1 403 Forbidden\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in headers)
-        return head + b"connection: close\r\n\r\n" + body
+        return error_response(403, reason)

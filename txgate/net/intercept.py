@@ -118,7 +118,7 @@ class TLSUpstream(Upstream):
         self.template: LeafTemplate | None = None
         """The template of the leaf emulating this server's certificate, once verified."""
         self.source: UpstreamSource | None = None
-        """Where the handoff returns this connection after an exchange, and gets the next one."""
+        """Where this connection goes between exchanges, and where the next one comes from."""
 
     def connectionMade(self) -> None:
         """The TCP connection under the TLS layer already sends at once."""
@@ -710,6 +710,22 @@ class UpstreamSource:
             return
         self._state.idle.put(self.key, upstream)
 
+    def lend(self, upstream: "TLSUpstream") -> bool:
+        """
+        Keep C{upstream} among the idle ones while its client, decrypted,
+        has not spoken yet, when what runs inside is sure to wait for the
+        client: HTTP/1.1 agreed by ALPN. An idle client then holds no
+        upstream connection; L{get} fetches one when it speaks.
+
+        @return: whether C{upstream} was taken.
+        """
+        if not upstream.verified or upstream._held or upstream.eof or upstream.lost is not None:
+            return False
+        if upstream.transport.negotiatedProtocol != b"http/1.1":  # type: ignore[union-attr]
+            return False
+        self.put(upstream)
+        return True
+
     def get(self) -> Deferred[tuple["TLSUpstream", bool]]:
         """A connection for the next request, and whether it was idle (reused)."""
         idle = self.take()
@@ -761,7 +777,7 @@ def interception_state(settings: Any) -> _Interception:
 
 def close_idle_upstreams(authority: Any) -> None:
     """Close the idle upstream TLS connections kept for C{authority}'s interception (at shutdown)."""
-    state = _states.get(authority)
+    state = _states.get(authority) if authority is not None else None
     if state is not None:
         state.idle.close_all()
 

@@ -21,6 +21,8 @@ from txgate import metrics
 from txgate.acl import parse_address
 from txgate.detection import UNKNOWN, detect
 from txgate.errors import PeerProtocolError
+from txgate.http.proxying import error_response
+from txgate.net.upstream import describe_connect_failure
 from txgate.interception import InnerName, Mode, describe_tls_failure, inner_name
 from txgate.interfaces import NEED_MORE, Checkpoint, Decision, Detected, HandoffContext, InterceptRequest, IPolicy
 from txgate.plugins import Registry
@@ -156,6 +158,8 @@ class Pipeline(Protocol):
         self.denied = False
         self._session = session
         self._upstream = upstream
+        self._lent_to: Any = None
+        """The source holding the upstream while the client has not spoken (L{connectionMade}), or C{None}."""
         self._owner = owner
         self._finished = finished
         self._buffer = b""
@@ -175,8 +179,15 @@ class Pipeline(Protocol):
         if not (default if self._detect is None else self._detect.any_enabled(default)):
             self._decide(UNKNOWN)
             return
-        self._upstream.notify = self._server_spoke
         self._timer = self._settings.reactor.callLater(PEEK_TIMEOUT, self._peek_timed_out)
+        source = self._upstream.source
+        if source is not None and source.lend(self._upstream):
+            # Decrypted HTTP whose client has not spoken yet: the upstream
+            # waits among the idle ones (another client may use it) and one
+            # is fetched back once the stream is known.
+            self._upstream, self._lent_to = None, source
+            return
+        self._upstream.notify = self._server_spoke
         if self._upstream._held or self._upstream.eof or self._upstream.lost:
             self._server_spoke()
 
@@ -203,10 +214,16 @@ class Pipeline(Protocol):
             self._upstream.transport.loseConnection()
             self._finished("client closed while the upstream TLS handshake was in progress")
             return
+        if self._decided and self._lent_to is not None:
+            self._lent_to = None
+            self._finished("client closed while an upstream connection was being fetched")
+            return
         if not self._decided:
             self._decided = True
+            self._lent_to = None
             self._cancel_timer()
-            self._upstream.transport.loseConnection()
+            if self._upstream is not None:
+                self._upstream.transport.loseConnection()
             if self._inside is not None and reason is not None and reason.check(SSL.Error):
                 # TLS 1.3: the client checks the emulated certificate after
                 # txgate's side of the handshake is done.
@@ -238,7 +255,8 @@ class Pipeline(Protocol):
             return
         self._decided = True
         self._cancel_timer()
-        self._upstream.notify = None
+        if self._upstream is not None:
+            self._upstream.notify = None
         session = self._session
         settings = self._settings
         inside = self._inside
@@ -290,7 +308,9 @@ class Pipeline(Protocol):
         if answer:
             self.transport.write(answer)
         self.transport.loseConnection()
-        self._upstream.transport.loseConnection()
+        self._lent_to = None
+        if self._upstream is not None:
+            self._upstream.transport.loseConnection()
         self._finished(f"denied: {reason}")
 
     # -- SSL interception --------------------------------------------------------
@@ -386,10 +406,44 @@ class Pipeline(Protocol):
         )
 
     def _start(self, handoff: Any, replay: bytes) -> None:
+        source = self._lent_to
+        if source is not None:
+            # The client spoke: fetch an upstream back (the one lent, if no
+            # one took it) before the handoff starts; the client waits.
+            self.transport.pauseProducing()
+            d = source.get()
+            d.addCallbacks(lambda got: self._fetched(source, got[0], handoff), self._not_fetched)
+            return
         protocol = handoff.build(self._context())
         self._owner.hand_over(protocol, replay)
         if self._client_eof and IHalfCloseableProtocol.providedBy(protocol):
             protocol.readConnectionLost()
+
+    def _fetched(self, source: Any, upstream: Any, handoff: Any) -> None:
+        if self._lent_to is None:
+            # The client left meanwhile (connectionLost wrote the record):
+            # the connection is still good for someone else.
+            source.put(upstream)
+            return
+        self._lent_to = None
+        upstream.detach()  # held until the handoff attaches, as a new one is
+        self._upstream = upstream
+        self.transport.resumeProducing()
+        # Every client byte so far, including those read while fetching.
+        self._start(handoff, self._buffer)
+
+    def _not_fetched(self, failure: Failure) -> None:
+        if self._lent_to is None:
+            return
+        self._lent_to = None
+        destination = self._session.destination
+        assert destination is not None  # a source is made only for a known destination
+        status, reason = describe_connect_failure(failure, destination.host, destination.port)
+        self._log.info("session {session}: no upstream connection: {reason}", session=self._session.id, reason=reason)
+        if self._session.client_protocol == "https":
+            self.transport.write(error_response(status, reason))
+        self.transport.loseConnection()
+        self._finished(reason)
 
     def _protocol_error(self, error: Exception, received: bytes) -> None:
         """
@@ -398,7 +452,7 @@ class Pipeline(Protocol):
         """
         session = self._session
         protocol = error.protocol if isinstance(error, PeerProtocolError) else session.client_protocol
-        for transport in (self.transport, self._upstream.transport):
+        for transport in (self.transport, self._upstream.transport if self._upstream is not None else None):
             if getattr(transport, "producer", None) is not None:
                 transport.unregisterProducer()
         if not self._tunnel_on_error:
@@ -409,7 +463,9 @@ class Pipeline(Protocol):
                 error=str(error),
             )
             self.transport.loseConnection()
-            self._upstream.transport.loseConnection()
+            self._lent_to = None
+            if self._upstream is not None:
+                self._upstream.transport.loseConnection()
             self._finished(f"{protocol} protocol error: {error}")
             return
         self._log.info(

@@ -63,6 +63,12 @@ class Upstream(Protocol):
     eof = False
     notify: Any = None
     """Called with no arguments when bytes arrive while no receiver is attached."""
+    source: Any = None
+    """
+    For a connection that may be lent out while its stream waits, what
+    lends it: C{lend(upstream) -> bool}, C{get()}, C{put(upstream)} (an
+    intercepted server's L{txgate.net.intercept.UpstreamSource}); else C{None}.
+    """
 
     def __init__(self) -> None:
         self._held: list[bytes] = []
