@@ -167,7 +167,8 @@ class InterceptRequest:
     What an interceptor needs to take over one stream.
 
     @ivar context: the stream's handoff context (its C{upstream} is the
-        plain connection to the server, still unattached).
+        plain connection to the server, still unattached, or C{None}: see
+        C{connect}).
     @ivar settings: the service's pipeline settings (C{ssl}, C{authority},
         C{reactor}).
     @ivar hello: the client bytes peeked so far (the ClientHello).
@@ -177,6 +178,10 @@ class InterceptRequest:
         the protocol owning the decrypted client side (it can hand the
         stream on) and the decrypted upstream (an object like
         C{HandoffContext.upstream}).
+    @ivar connect: when C{context.upstream} is C{None} (a CONNECT answered
+        before connecting, because idle intercepted connections to its
+        server were kept), opens the plain connection to the server: returns
+        a L{Deferred} firing with an object like C{HandoffContext.upstream}.
     """
 
     context: HandoffContext
@@ -185,6 +190,7 @@ class InterceptRequest:
     mode: str
     decision: "Decision"
     inner: Callable[[Any, Any], Any]
+    connect: Callable[[], Any] | None = None
 
 
 class IInterceptor(Interface):

@@ -32,6 +32,7 @@ from txgate.net.intercept import (
     _predict_key_share,
     _renew_bios,
     close_idle_upstreams,
+    has_idle_upstreams,
     interception_state,
     key_shares_for,
 )
@@ -220,6 +221,14 @@ class _ProxyCase(TestCase):
         self.addCleanup(self.close_idle)
         return port.getHost().port
 
+    async def idle_kept(self, origin: int) -> None:
+        """Wait until txgate keeps an idle connection to C{origin} (a client's handshake is done on both sides)."""
+        for _ in range(100):
+            if has_idle_upstreams(self.authority, "127.0.0.1", origin):
+                return
+            await task.deferLater(reactor, 0.05, lambda: None)
+        self.fail("no idle upstream connection was kept")
+
     async def close_idle(self) -> None:
         """Close the upstream connections kept between exchanges, and let them go."""
         close_idle_upstreams(self.authority)
@@ -355,7 +364,12 @@ class InterceptionTests(_ProxyCase):
         origin = self.listen_origin(("origin.test",))
         proxy = self.start_proxy(INTERCEPT)
         trust = self.keyring.issuer_cert.public_bytes(serialization.Encoding.PEM).decode()
-        other = lambda: threads.blockingCallFromThread(reactor, lambda: defer.ensureDeferred(self.fetch(proxy, origin)))  # noqa: E731
+
+        async def other_client() -> None:
+            await self.idle_kept(origin)
+            await self.fetch(proxy, origin)
+
+        other = lambda: threads.blockingCallFromThread(reactor, lambda: defer.ensureDeferred(other_client()))  # noqa: E731
         bodies = await threads.deferToThread(_keep_alive_client, proxy, origin, trust, [other, "/late"])
         self.assertEqual(bodies, [(200, b"hello /late")])
         self.assertEqual(_Hello.peers[-1], _Hello.peers[-2], "the idle client's upstream was not lent out")
@@ -372,6 +386,7 @@ class InterceptionTests(_ProxyCase):
         trust = self.keyring.issuer_cert.public_bytes(serialization.Encoding.PEM).decode()
 
         async def gone() -> None:
+            await self.idle_kept(origin_port)
             await origin.stopListening()
             await self.close_idle()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+import attrs
 import h11
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory
@@ -33,6 +34,7 @@ from txgate.http.proxying import (
 )
 from txgate.interfaces import Checkpoint, Decision
 from txgate.net.idle import IdleWatch
+from txgate.net.intercept import has_idle_upstreams
 from txgate.net.pipeline import Delegating, Pipeline, PipelineSettings
 from txgate.net.transaction import Transaction, identify_client, open_session
 from txgate.net.upstream import Connector, Upstream, UpstreamPool, describe_connect_failure
@@ -155,10 +157,11 @@ class ExplicitProxy(Delegating):
         if self._closing:
             return
         if not self._reading:
-            # The upstream, as our producer's consumer, may have resumed us
-            # while we wait for a response: pipelined bytes wait in h11, and
-            # reading stops again so they cannot pile up.
+            # Bytes while an exchange is under way (pipelined requests, or
+            # the upstream, as our producer's consumer, resumed us): they
+            # wait in h11, and reading stops so they cannot pile up.
             self.transport.pauseProducing()
+            self._paused = True
         if not self._line_seen and self._conn.their_state is h11.IDLE:
             self._line_seen = b"\n" in data
         self._conn.receive_data(data)
@@ -208,13 +211,22 @@ class ExplicitProxy(Delegating):
                     self._closing = True
                 return
 
+    _paused = False
+    """Whether this protocol paused its transport (bytes came while not reading)."""
+
     def pause_reading(self) -> None:
+        """
+        Take no further request for now. The transport is paused only when
+        bytes actually come meanwhile (L{dataReceived}): most exchanges see
+        none, and each pause and resume is an C{epoll_ctl}.
+        """
         self._reading = False
-        self.transport.pauseProducing()
 
     def resume_reading(self) -> None:
         self._reading = True
-        self.transport.resumeProducing()
+        if self._paused:
+            self._paused = False
+            self.transport.resumeProducing()
         self._process()
 
     # -- writing to the client ----------------------------------------------
@@ -393,6 +405,12 @@ class ExplicitProxy(Delegating):
         # upstream before reading anything the client sends next.
         event = self._conn.next_event()
         assert isinstance(event, h11.EndOfMessage), event
+        if has_idle_upstreams(self.factory.settings.authority, target.host, target.port):
+            # Interception keeps verified connections to this server: the
+            # client (most likely its TLS again) is answered at once, and a
+            # connection is opened only if the stream needs one after all.
+            self._tunnel(None, target, transaction, decision, _ConnectLater(self.factory.connector, target.host, target.port))
+            return
         self.pause_reading()
         d = self.factory.connector.connect(target.host, target.port)
         d.addCallbacks(self._tunnel, self._connect_failed, (target, transaction, decision), None, (target, transaction))
@@ -403,9 +421,18 @@ class ExplicitProxy(Delegating):
         status, reason = describe_connect_failure(failure, target.host, target.port)
         self.error(transaction, status, reason)
 
-    def _tunnel(self, upstream: Upstream, target: Target, transaction: Transaction, decision: Decision) -> None:
+    def _tunnel(
+        self,
+        upstream: Upstream | None,
+        target: Target,
+        transaction: Transaction,
+        decision: Decision,
+        later: "_ConnectLater | None" = None,
+    ) -> None:
+        """Answer the CONNECT and hand the stream to a pipeline, with C{upstream} or what opens it C{later}."""
         if self._closing:
-            upstream.transport.loseConnection()
+            if upstream is not None:
+                upstream.transport.loseConnection()
             return
         transaction.upstream = "new"
         self.send(h11.Response(status_code=200, headers=[], reason=b"Connection established"))
@@ -421,12 +448,14 @@ class ExplicitProxy(Delegating):
         self.transport.resumeProducing()
 
         def finished(reason: str) -> None:
+            if later is not None and not later.opened:
+                transaction.upstream = "reused"  # the stream went over an idle intercepted connection, or nowhere
             if pipeline.denied:
                 transaction.log(200, "deny", reason)
             elif not pipeline.quiet:
                 transaction.log(200, "allow", reason)
 
-        pipeline = Pipeline(self.factory.settings, session, upstream, self, finished, decision)
+        pipeline = Pipeline(self.factory.settings, session, upstream, self, finished, decision, source=later)
         # Bytes sent along with the CONNECT were counted when read; whoever
         # carries the stream counts them again as they are replayed.
         session.bytes_in -= len(replay)
@@ -448,6 +477,23 @@ class ExplicitProxy(Delegating):
         else:
             self._closing = True
             self.transport.loseConnection()
+
+
+@attrs.define
+class _ConnectLater:
+    """The connection for a CONNECT answered before connecting: opened when the stream needs it."""
+
+    connector: Connector
+    host: str
+    port: int
+    opened: bool = False
+
+    def get(self) -> Deferred[tuple[Upstream, bool]]:
+        self.opened = True
+        return self.connector.connect(self.host, self.port).addCallback(lambda upstream: (upstream, False))
+
+    def put(self, upstream: Upstream) -> None:
+        upstream.transport.loseConnection()
 
 
 class _AuthorityExchange:

@@ -34,7 +34,7 @@ try:  # the OpenSSL binding under pyOpenSSL, for the two calls it does not wrap 
 except ImportError:  # pragma: no cover - a pyOpenSSL laid out otherwise
     _ffi = _lib = None
 from service_identity.cryptography import verify_certificate_hostname, verify_certificate_ip_address
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import (
     IHandshakeListener,
     IOpenSSLClientConnectionCreator,
@@ -71,6 +71,7 @@ __all__ = [
     "Decrypted",
     "Leaf",
     "close_idle_upstreams",
+    "has_idle_upstreams",
     "interception_cache",
     "server_context",
 ]
@@ -610,7 +611,7 @@ class _Interception:
         # Verified upstream TLS connections between two HTTP exchanges, by
         # _ReuseKey: the next intercepted client of that server takes one
         # instead of a handshake of its own.
-        self.idle = IdlePools(reactor, REUSE_MAX_IDLE, REUSE_IDLE_TIMEOUT)
+        self.idle = IdlePools(reactor, REUSE_MAX_IDLE, REUSE_IDLE_TIMEOUT, group=lambda key: (key.host, key.port))
 
     def handshake(self, tcp: Upstream, upstream: "TLSUpstream") -> Deferred["TLSUpstream"]:
         """
@@ -782,6 +783,16 @@ def close_idle_upstreams(authority: Any) -> None:
         state.idle.close_all()
 
 
+def has_idle_upstreams(authority: Any, host: str, port: int) -> bool:
+    """
+    Whether C{authority}'s interception keeps idle verified TLS connections
+    to C{host} and C{port}: a CONNECT there is likely to be served by one,
+    and need not open a connection before the client speaks.
+    """
+    state = _states.get(authority) if authority is not None else None
+    return state is not None and state.idle.has_group((host, port))
+
+
 def interception_cache(authority: Any) -> LeafCache[Leaf] | None:
     """
     The minted-certificate cache of C{authority}'s interception (its size,
@@ -817,16 +828,22 @@ class SSLInterceptor:
             idle = source.take()
             if idle is not None:
                 # A verified connection to this server is idle: the client is
-                # shown the leaf emulating its certificate, and the connection
+                # shown the leaf emulating its certificate, and a connection
                 # opened for this client is not needed.
                 idle.detach()
-                tcp.transport.loseConnection()
+                if tcp is not None:
+                    tcp.transport.loseConnection()
                 assert idle.template is not None
                 return succeed(self._client_side(idle, request, state, idle.template, untrusted=False))
         resume = (session.sni, destination.host, destination.port) if destination is not None else None
         upstream = TLSUpstream(session.sni, alpn, resume, state.sessions)
         upstream.source = source
-        d = state.handshake(tcp, upstream)
+        if tcp is not None:
+            d = state.handshake(tcp, upstream)
+        elif request.connect is not None:
+            d = request.connect().addCallback(state.handshake, upstream)
+        else:
+            return fail(InterceptionFailed("no connection to the server to intercept"))
         d.addCallback(self._upstream_ready, request, state)
         return d
 

@@ -134,8 +134,11 @@ class Pipeline(Protocol):
         decision: Decision | None = None,
         inside: Mode | None = None,
         service: Any = None,
+        source: Any = None,
     ) -> None:
         """
+        @param upstream: the connection to the server, or C{None} when
+            C{source} opens it once the stream needs it.
         @param decision: policy's decision on the request that opened the
             stream (a CONNECT); its C{detect_protocol} and C{tunnel_on_error}
             override the service's.
@@ -143,6 +146,9 @@ class Pipeline(Protocol):
             connection, the C{ssl.forward_proxy} mode that intercepted it.
         @param service: the service's shared state for the handoffs; by
             default C{owner.factory}.
+        @param source: with no C{upstream}, what gives one: C{get()} fires
+            with C{(upstream, reused)}, C{put(upstream)} takes back one not
+            needed after all.
         """
         self._settings = settings
         self._inside = inside
@@ -158,8 +164,8 @@ class Pipeline(Protocol):
         self.denied = False
         self._session = session
         self._upstream = upstream
-        self._lent_to: Any = None
-        """The source holding the upstream while the client has not spoken (L{connectionMade}), or C{None}."""
+        self._lent_to: Any = source if upstream is None else None
+        """What holds or opens the upstream while there is none here (see L{connectionMade}), or C{None}."""
         self._owner = owner
         self._finished = finished
         self._buffer = b""
@@ -180,6 +186,8 @@ class Pipeline(Protocol):
             self._decide(UNKNOWN)
             return
         self._timer = self._settings.reactor.callLater(PEEK_TIMEOUT, self._peek_timed_out)
+        if self._upstream is None:
+            return  # opened once the stream needs it
         source = self._upstream.source
         if source is not None and source.lend(self._upstream):
             # Decrypted HTTP whose client has not spoken yet: the upstream
@@ -194,7 +202,10 @@ class Pipeline(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self._buffer += data
         if self._decided:
-            return  # intercepting: held for the TLS layer
+            # Intercepting, or fetching an upstream: held for whoever takes
+            # the stream, and no more read until then.
+            self._pause()
+            return
         verdict = detect(self._settings.registry.detectors, self._buffer)
         if verdict is not NEED_MORE:
             self._decide(verdict)  # type: ignore[arg-type]
@@ -208,10 +219,24 @@ class Pipeline(Protocol):
     def writeConnectionLost(self) -> None:
         pass
 
+    _paused = False
+
+    def _pause(self) -> None:
+        """Stop reading, only once bytes come while the stream waits: most clients send none, and a pause costs an C{epoll_ctl}."""
+        if not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()
+
+    def _resume(self) -> None:
+        if self._paused:
+            self._paused = False
+            self.transport.resumeProducing()
+
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         if self._intercepting:
             self._intercepting = False
-            self._upstream.transport.loseConnection()
+            if self._upstream is not None:
+                self._upstream.transport.loseConnection()
             self._finished("client closed while the upstream TLS handshake was in progress")
             return
         if self._decided and self._lent_to is not None:
@@ -343,7 +368,7 @@ class Pipeline(Protocol):
         if mode is Mode.NO:
             return False
         self._intercepting = True
-        self.transport.pauseProducing()
+        source = self._lent_to
         request = InterceptRequest(
             context=self._context(),
             settings=settings,
@@ -351,6 +376,7 @@ class Pipeline(Protocol):
             mode=mode,
             decision=decision,
             inner=lambda owner, upstream: self._inner(owner, upstream, mode, decision),
+            connect=(lambda: source.get().addCallback(lambda got: got[0])) if source is not None else None,
         )
         d = interceptor.intercept(request)  # type: ignore[attr-defined]
         d.addCallbacks(self._intercepted, self._not_intercepted)
@@ -380,7 +406,8 @@ class Pipeline(Protocol):
             # and wrote the record.
             return
         self._intercepting = False
-        self.transport.resumeProducing()
+        self._lent_to = None
+        self._resume()
         buffer, self._buffer = self._buffer, b""  # the TLS layer has it now
         self._owner.hand_over(protocol, buffer)
 
@@ -391,7 +418,9 @@ class Pipeline(Protocol):
         reason = failure.getErrorMessage()
         self._log.info("session {session}: ssl interception failed: {reason}", session=self._session.id, reason=reason)
         self.transport.loseConnection()
-        self._upstream.transport.loseConnection()
+        self._lent_to = None
+        if self._upstream is not None:
+            self._upstream.transport.loseConnection()
         self._finished(reason)
 
     def _context(self) -> HandoffContext:
@@ -410,7 +439,6 @@ class Pipeline(Protocol):
         if source is not None:
             # The client spoke: fetch an upstream back (the one lent, if no
             # one took it) before the handoff starts; the client waits.
-            self.transport.pauseProducing()
             d = source.get()
             d.addCallbacks(lambda got: self._fetched(source, got[0], handoff), self._not_fetched)
             return
@@ -428,7 +456,7 @@ class Pipeline(Protocol):
         self._lent_to = None
         upstream.detach()  # held until the handoff attaches, as a new one is
         self._upstream = upstream
-        self.transport.resumeProducing()
+        self._resume()
         # Every client byte so far, including those read while fetching.
         self._start(handoff, self._buffer)
 

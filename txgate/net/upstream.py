@@ -6,9 +6,9 @@ keep-alive pool HTTP exchanges borrow them from.
 
 from __future__ import annotations
 
+import collections
 import ipaddress
-
-from typing import Any
+from typing import Any, Callable
 
 import attrs
 from twisted.internet import error
@@ -305,11 +305,20 @@ class IdlePools:
     once empty.
     """
 
-    def __init__(self, clock: IReactorTime, max_idle_per_key: int, idle_timeout: float) -> None:
+    def __init__(
+        self, clock: IReactorTime, max_idle_per_key: int, idle_timeout: float, group: Callable[[Any], Any] | None = None
+    ) -> None:
+        """
+        @param group: what groups keys (e.g. the server alone), for
+            L{has_group}; C{None} for no groups.
+        """
         self._clock = clock
         self.max_idle_per_key = max_idle_per_key
         self.idle_timeout = idle_timeout
         self._idle: dict[Any, IdlePool] = {}
+        self._group = group
+        self._groups: collections.Counter[Any] = collections.Counter()
+        """Per group, how many of its keys have idle connections."""
 
     def take(self, key: Any) -> Upstream | None:
         """The newest idle connection for C{key} still open, or C{None}."""
@@ -321,11 +330,25 @@ class IdlePools:
         pool = self._idle.get(key)
         if pool is None:
             pool = self._idle[key] = IdlePool(self._clock, self.max_idle_per_key, self.idle_timeout)
-            pool.emptied = lambda: self._idle.pop(key, None)
+            pool.emptied = lambda: self._emptied(key)
+            if self._group is not None:
+                self._groups[self._group(key)] += 1
         pool.put(upstream)
+
+    def has_group(self, group: Any) -> bool:
+        """Whether some key of C{group} has idle connections (or had, until one is found closed)."""
+        return self._groups.get(group, 0) > 0
+
+    def _emptied(self, key: Any) -> None:
+        if self._idle.pop(key, None) is not None and self._group is not None:
+            group = self._group(key)
+            self._groups[group] -= 1
+            if self._groups[group] <= 0:
+                del self._groups[group]
 
     def close_all(self) -> None:
         pools, self._idle = list(self._idle.values()), {}
+        self._groups.clear()
         for pool in pools:
             pool.close_all()
 
