@@ -400,17 +400,24 @@ class InterceptionTests(_ProxyCase):
     async def test_upstream_key_share_predicted(self) -> None:
         """
         The key exchange group an origin chose is remembered, and the next
-        connection to it gets the same group (its one key share predicted).
+        connection to it gets the same group (its one key share predicted);
+        so does a name not seen yet at the same address.
         """
-        origin = self.listen_origin(("origin.test",))
+        origin = self.listen_origin(("origin.test", "other.test"))
         proxy = self.start_proxy(INTERCEPT)
         await self.fetch(proxy, origin)
-        group = interception_state(self.settings).sessions.group(("origin.test", "127.0.0.1", origin))
+        sessions = interception_state(self.settings).sessions
+        group = sessions.group(("origin.test", "127.0.0.1", origin))
         self.assertIsNotNone(group)
         self.assertEqual(group, _Hello.groups[-1])
+        self.assertIsNone(sessions.group(("other.test", "127.0.0.1", origin)))
+        self.assertEqual(sessions.group(("other.test", "127.0.0.1", origin), ("127.0.0.1", origin)), group)
         await self.close_idle()
         second = await self.fetch(proxy, origin)
         self.assertIn(b"hello /x", second["body"])
+        self.assertEqual(_Hello.groups[-1], group)
+        other = await self.fetch(proxy, origin, server_name="other.test")
+        self.assertIn(b"hello /x", other["body"])
         self.assertEqual(_Hello.groups[-1], group)
 
     async def test_untrusted_session_not_kept(self) -> None:

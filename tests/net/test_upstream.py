@@ -15,7 +15,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from txgate.hosts import Hosts
-from txgate.net.upstream import Connector, UpstreamPool, describe_connect_failure
+from txgate.net.upstream import Connector, IdlePools, UpstreamPool, describe_connect_failure
 from txgate.testing import FakeConnector, make_upstream
 
 
@@ -282,3 +282,65 @@ class DescribeConnectFailureTests(SynchronousTestCase):
             self.describe(ValueError("certificate verify failed")),
             (502, "could not connect to origin.test:443: certificate verify failed"),
         )
+
+
+class IdlePoolsTests(SynchronousTestCase):
+    """
+    Idle connections by key: at most C{max_keys} keys keep any, the least
+    recently used losing theirs first; groups tell whether any key of a
+    group has idle connections.
+    """
+
+    def setUp(self) -> None:
+        self.pools = IdlePools(Clock(), 2, 60.0, group=lambda key: key[0], max_keys=2)
+
+    def test_least_recently_used_key_closed(self) -> None:
+        """A third key closes the idle connections of the key used least recently."""
+        a, b, c = make_upstream(), make_upstream(), make_upstream()
+        self.pools.put(("s1", "a"), a)
+        self.pools.put(("s1", "b"), b)
+        self.assertIsNone(self.pools.take(("s1", "x")))
+        self.pools.put(("s1", "b"), make_upstream())  # b's key is now the most recent
+        self.pools.put(("s2", "c"), c)
+        self.assertTrue(a.transport.disconnecting)
+        self.assertFalse(b.transport.disconnecting)
+        self.assertIsNone(self.pools.take(("s1", "a")))
+        self.assertIs(self.pools.take(("s2", "c")), c)
+
+    def test_groups(self) -> None:
+        """A group has idle connections while one of its keys does."""
+        self.assertFalse(self.pools.has_group("s1"))
+        upstream = make_upstream()
+        self.pools.put(("s1", "a"), upstream)
+        self.assertTrue(self.pools.has_group("s1"))
+        self.assertFalse(self.pools.has_group("s2"))
+        self.assertIs(self.pools.take(("s1", "a")), upstream)
+        self.assertFalse(self.pools.has_group("s1"))
+
+    def test_evicted_pool_spares_newer_one(self) -> None:
+        """Connections of an evicted key that close later do not drop a newer pool of that key."""
+        old = make_upstream()
+        self.pools.put(("s1", "a"), old)
+        self.pools.put(("s2", "b"), make_upstream())
+        self.pools.put(("s3", "c"), make_upstream())  # evicts ("s1", "a")
+        fresh = make_upstream()
+        self.pools.put(("s1", "a"), fresh)  # evicts ("s2", "b")
+        old.connectionLost(Failure(error.ConnectionDone()))
+        self.assertTrue(self.pools.has_group("s1"))
+        self.assertIs(self.pools.take(("s1", "a")), fresh)
+
+
+class DetachTests(SynchronousTestCase):
+    """A detached connection holds the server's bytes again, as before its first attach."""
+
+    def test_detach_holds(self) -> None:
+        upstream = make_upstream()
+        receiver = _Receiver()
+        upstream.attach(receiver)
+        upstream.detach()
+        upstream.dataReceived(b"later")
+        self.assertEqual(receiver.events, [])
+        self.assertEqual(upstream.transport.producerState, "paused")
+        again = _Receiver()
+        upstream.attach(again)
+        self.assertEqual(again.events, [("data", b"later")])

@@ -120,6 +120,8 @@ class TLSUpstream(Upstream):
         """The template of the leaf emulating this server's certificate, once verified."""
         self.source: UpstreamSource | None = None
         """Where this connection goes between exchanges, and where the next one comes from."""
+        self.address: tuple[str, int] | None = None
+        """The server's address and port, once connected."""
 
     def connectionMade(self) -> None:
         """The TCP connection under the TLS layer already sends at once."""
@@ -128,7 +130,7 @@ class TLSUpstream(Upstream):
         if self.sessions is not None and self.resume is not None:
             group = self.transport.getHandle().get_group_name()  # type: ignore[union-attr]
             if group is not None:
-                self.sessions.put_group(self.resume, group)
+                self.sessions.put_group(self.resume, group, self.address)
         d, self.handshake = self.handshake, None
         if d is not None:
             d.callback(self)
@@ -337,7 +339,8 @@ class SessionCache:
     least recently used dropped first: its TLS session, kept only once its
     certificate verified, so the next connection resumes (no certificate
     chain to send, parse and verify again); and the key exchange group it
-    chose last, verified or not, only a guess of which key share to send.
+    chose last, verified or not, only a guess of which key share to send
+    (also kept by server address, for names not seen yet).
     """
 
     def __init__(self, capacity: int) -> None:
@@ -355,16 +358,24 @@ class SessionCache:
         self._servers.move_to_end(key)
         return server.session
 
-    def group(self, key: Hashable) -> str | None:
-        """The key exchange group the server at C{key} chose last, or C{None}."""
+    def group(self, key: Hashable, address: Hashable = None) -> str | None:
+        """
+        The key exchange group the server at C{key} chose last; for a
+        server not seen yet, the one chosen last at its C{address} (a name
+        new to txgate is often served by a known machine); or C{None}.
+        """
         server = self._servers.get(key)
+        if server is None and address is not None:
+            server = self._servers.get(("address", address))
         return server.group if server is not None else None
 
     def put(self, key: Hashable, session: SSL.Session) -> None:
         self._server(key).session = session
 
-    def put_group(self, key: Hashable, group: str) -> None:
+    def put_group(self, key: Hashable, group: str, address: Hashable = None) -> None:
         self._server(key).group = group
+        if address is not None:
+            self._server(("address", address)).group = group
 
     def _server(self, key: Hashable) -> _Remembered:
         server = self._servers.get(key)
@@ -429,7 +440,7 @@ class _UpstreamSide:
             session = upstream.sessions.get(upstream.resume)
             if session is not None:
                 connection.set_session(session)
-            group = upstream.sessions.group(upstream.resume)
+            group = upstream.sessions.group(upstream.resume, upstream.address)
             if group is not None:
                 _predict_key_share(connection, group)
         if upstream.sni:
@@ -619,6 +630,8 @@ class _Interception:
         C{upstream} as its decrypted side; fires once the handshake is done
         (within L{HANDSHAKE_TIMEOUT}), or fails.
         """
+        peer = tcp.transport.getPeer()
+        upstream.address = (getattr(peer, "host", str(peer)), getattr(peer, "port", 0))
         tls = self.upstream_factory.protocol(self.upstream_factory, upstream)
         tls.makeConnection(tcp.transport)
         tcp.attach(_Ciphertext(tls, tcp))

@@ -306,16 +306,27 @@ class IdlePools:
     """
 
     def __init__(
-        self, clock: IReactorTime, max_idle_per_key: int, idle_timeout: float, group: Callable[[Any], Any] | None = None
+        self,
+        clock: IReactorTime,
+        max_idle_per_key: int,
+        idle_timeout: float,
+        group: Callable[[Any], Any] | None = None,
+        max_keys: int = 256,
     ) -> None:
         """
         @param group: what groups keys (e.g. the server alone), for
             L{has_group}; C{None} for no groups.
+        @param max_keys: how many keys may have idle connections at once;
+            past it, the idle connections of the key used least recently are
+            closed (a proxy meeting thousands of servers a minute must not
+            keep a connection to each).
         """
         self._clock = clock
         self.max_idle_per_key = max_idle_per_key
         self.idle_timeout = idle_timeout
-        self._idle: dict[Any, IdlePool] = {}
+        self.max_keys = max_keys
+        self._idle: collections.OrderedDict[Any, IdlePool] = collections.OrderedDict()
+        """Least recently used first."""
         self._group = group
         self._groups: collections.Counter[Any] = collections.Counter()
         """Per group, how many of its keys have idle connections."""
@@ -323,7 +334,10 @@ class IdlePools:
     def take(self, key: Any) -> Upstream | None:
         """The newest idle connection for C{key} still open, or C{None}."""
         pool = self._idle.get(key)
-        return pool.take() if pool is not None else None
+        if pool is None:
+            return None
+        self._idle.move_to_end(key)
+        return pool.take()
 
     def put(self, key: Any, upstream: Upstream) -> None:
         """Keep C{upstream} for reuse under C{key}, or close it when that pool is full."""
@@ -333,6 +347,13 @@ class IdlePools:
             pool.emptied = lambda: self._emptied(key)
             if self._group is not None:
                 self._groups[self._group(key)] += 1
+            if len(self._idle) > self.max_keys:
+                oldest_key, oldest = next(iter(self._idle.items()))
+                oldest.emptied = None  # a late callback must not drop a newer pool of that key
+                self._emptied(oldest_key)
+                oldest.close_all()
+        else:
+            self._idle.move_to_end(key)
         pool.put(upstream)
 
     def has_group(self, group: Any) -> bool:
@@ -347,9 +368,10 @@ class IdlePools:
                 del self._groups[group]
 
     def close_all(self) -> None:
-        pools, self._idle = list(self._idle.values()), {}
+        pools, self._idle = list(self._idle.values()), collections.OrderedDict()
         self._groups.clear()
         for pool in pools:
+            pool.emptied = None
             pool.close_all()
 
 
