@@ -107,6 +107,16 @@ class _Hello(resource.Resource):
         return b"hello " + request.uri
 
 
+class _CountingSite(server.Site):
+    """A site that counts the connections it accepts."""
+
+    connections = 0
+
+    def buildProtocol(self, addr: Any) -> Any:
+        self.connections += 1
+        return super().buildProtocol(addr)
+
+
 class _OCSP(resource.Resource):
     """An upstream CA's OCSP responder."""
 
@@ -188,7 +198,8 @@ class _ProxyCase(TestCase):
             acceptableProtocols=[b"http/1.1"],
             enableSessionTickets=True,  # as web servers do; Twisted's default is off
         )
-        port = reactor.listenSSL(0, server.Site(_Hello()), options, interface="127.0.0.1")
+        self.origin_site = _CountingSite(_Hello())
+        port = reactor.listenSSL(0, self.origin_site, options, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         return port.getHost().port
 
@@ -313,7 +324,8 @@ class InterceptionTests(_ProxyCase):
         """
         After a clean exchange the verified upstream connection is kept: the
         next client of the same server is shown the same trusted leaf and
-        its request goes over that connection, with no handshake upstream.
+        its request goes over that connection, with no handshake upstream
+        (and its CONNECT opens no connection at all).
         """
         origin = self.listen_origin(("origin.test",))
         proxy = self.start_proxy(INTERCEPT)
@@ -322,8 +334,31 @@ class InterceptionTests(_ProxyCase):
         self.assertIn(b"hello /x", second["body"])
         self.assertEqual(second["cert"].serial_number, first["cert"].serial_number)
         self.assertEqual(_Hello.peers[-1], _Hello.peers[-2])
+        self.assertEqual(self.origin_site.connections, 1)
         gets = [r for r in self.records.events if r["method"] == "GET"]
         self.assertEqual([r["upstream"] for r in gets], ["new", "reused"])
+        connects = [r for r in self.records.events if r["method"] == "CONNECT"]
+        self.assertEqual([r["upstream"] for r in connects], ["new", "reused"])
+
+    async def test_answered_connect_not_intercepted(self) -> None:
+        """
+        A CONNECT answered before connecting (idle connections to its server
+        are kept) whose stream policy does not intercept gets its own
+        connection then: the client sees the server's own certificate.
+        """
+        origin = self.listen_origin(("origin.test", "plain.test"))
+        proxy = self.start_proxy("<ssl-intercept>\n    url.host=plain.test ssl.forward_proxy(no)\n    ssl.forward_proxy(yes)\n")
+        await self.fetch(proxy, origin)
+        self.assertTrue(has_idle_upstreams(self.authority, "127.0.0.1", origin))
+        client = _Client(f"127.0.0.1:{origin}", "plain.test", self.origin.ca, [b"http/1.1"])
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", proxy), client)
+        result = await client.done
+        await settle()
+        self.assertEqual(result["cert"].issuer, self.origin.ca.subject)
+        self.assertIn(b"hello /x", result["body"])
+        self.assertEqual(self.origin_site.connections, 2)
+        connects = [r for r in self.records.events if r["method"] == "CONNECT"]
+        self.assertEqual([r["upstream"] for r in connects], ["new", "new"])
 
     async def test_connection_auth_keeps_upstream(self) -> None:
         """

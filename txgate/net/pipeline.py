@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import attrs
 from OpenSSL import SSL
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -376,7 +377,7 @@ class Pipeline(Protocol):
             mode=mode,
             decision=decision,
             inner=lambda owner, upstream: self._inner(owner, upstream, mode, decision),
-            connect=(lambda: source.get().addCallback(lambda got: got[0])) if source is not None else None,
+            connect=(lambda: source.get().addCallback(self._connected_for_interception)) if source is not None else None,
         )
         d = interceptor.intercept(request)  # type: ignore[attr-defined]
         d.addCallbacks(self._intercepted, self._not_intercepted)
@@ -399,6 +400,15 @@ class Pipeline(Protocol):
         )
         pipeline.quiet = self.quiet
         return pipeline
+
+    def _connected_for_interception(self, got: tuple[Any, bool]) -> Any:
+        """The connection opened for an interception: this pipeline's, so a client leaving closes it."""
+        upstream = got[0]
+        if not self._intercepting:
+            upstream.transport.loseConnection()
+            raise ConnectionDone("the client left while its upstream connection was being opened")
+        self._upstream = upstream
+        return upstream
 
     def _intercepted(self, protocol: Any) -> None:
         if not self._intercepting:
