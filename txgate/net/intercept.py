@@ -664,6 +664,15 @@ class _Interception:
         chain = connection.get_peer_cert_chain(as_cryptography=True) or []
         return self.revocation.check(leaf, chain[1:])
 
+    def server_certificate(self, upstream: "TLSUpstream") -> x509.Certificate:
+        """The certificate the server showed; L{InterceptionFailed} (the connection closed) when it showed none."""
+        leaf = upstream.transport.getHandle().get_peer_certificate(as_cryptography=True)  # type: ignore[union-attr]
+        if leaf is None:
+            metrics.tls_handshake_failed("upstream", metrics.HandshakeFailure.UPSTREAM_FAILED)
+            upstream.transport.loseConnection()  # type: ignore[union-attr]
+            raise InterceptionFailed(f"upstream {upstream.sni or upstream.address} sent no certificate")
+        return leaf
+
     def trusted(self, upstream: "TLSUpstream", leaf: x509.Certificate) -> LeafTemplate:
         """Mark C{upstream} verified; the template of the leaf emulating its certificate C{leaf}."""
         now = datetime.datetime.fromtimestamp(self.reactor.seconds(), datetime.timezone.utc)
@@ -763,10 +772,7 @@ class UpstreamSource:
 
     def _verify(self, upstream: "TLSUpstream") -> Deferred["TLSUpstream"]:
         name = self.key.sni or self.key.host
-        leaf = upstream.transport.getHandle().get_peer_certificate(as_cryptography=True)  # type: ignore[union-attr]
-        if leaf is None:
-            upstream.transport.loseConnection()  # type: ignore[union-attr]
-            raise InterceptionFailed(f"upstream {name} sent no certificate")
+        leaf = self._state.server_certificate(upstream)
 
         def judged(problem: str | None) -> "TLSUpstream":
             if problem is not None:
@@ -848,7 +854,7 @@ class SSLInterceptor:
                     tcp.transport.loseConnection()
                 assert idle.template is not None
                 return succeed(self._client_side(idle, request, state, idle.template, untrusted=False))
-        resume = (session.sni, destination.host, destination.port) if destination is not None else None
+        resume = (session.sni, destination.host, destination.port) if destination is not None else None  # as _ReuseKey
         upstream = TLSUpstream(session.sni, alpn, resume, state.sessions)
         upstream.source = source
         if tcp is not None:
@@ -862,11 +868,7 @@ class SSLInterceptor:
 
     def _upstream_ready(self, upstream: TLSUpstream, request: InterceptRequest, state: _Interception) -> Any:
         session = request.context.session
-        leaf = upstream.transport.getHandle().get_peer_certificate(as_cryptography=True)  # type: ignore[union-attr]
-        if leaf is None:
-            metrics.tls_handshake_failed("upstream", metrics.HandshakeFailure.UPSTREAM_FAILED)
-            upstream.transport.loseConnection()  # type: ignore[union-attr]
-            raise InterceptionFailed("upstream sent no certificate")
+        leaf = state.server_certificate(upstream)
         destination = session.destination
         name = session.sni or (destination.host if destination is not None else "")
         d = state.judge(upstream, leaf, name)
