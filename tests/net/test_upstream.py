@@ -317,6 +317,14 @@ class IdlePoolsTests(SynchronousTestCase):
         self.assertIs(self.pools.take(("s1", "a")), upstream)
         self.assertFalse(self.pools.has_group("s1"))
 
+    def test_closed_connection_leaves_no_pool(self) -> None:
+        """A connection already closed is not kept, and its key and group are not left behind."""
+        upstream = make_upstream()
+        upstream.connectionLost(Failure(error.ConnectionDone()))
+        self.pools.put(("s1", "a"), upstream)
+        self.assertFalse(self.pools.has_group("s1"))
+        self.assertIsNone(self.pools.take(("s1", "a")))
+
     def test_evicted_pool_spares_newer_one(self) -> None:
         """Connections of an evicted key that close later do not drop a newer pool of that key."""
         old = make_upstream()

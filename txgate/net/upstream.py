@@ -256,6 +256,7 @@ class IdlePool:
         """Keep C{upstream} for reuse, or close it when the pool is full."""
         if upstream.lost is not None or upstream.eof or len(self._idle) >= self.max_idle:
             upstream.transport.loseConnection()
+            self._check_empty()  # a pool made for this connection is dropped at once
             return
         upstream.attach(_IdleWatcher(self, upstream))
         self._idle.append((upstream, self._clock.seconds()))
