@@ -43,7 +43,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
-from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -59,6 +59,7 @@ from txgate.interception import (
 )
 from txgate.interfaces import IInterceptor, InterceptRequest
 from txgate.net.pipeline import Delegating
+from txgate.net.tlslayer import TLSLayer
 from txgate.net.upstream import IdlePools, Upstream
 from txgate.pki import revocation
 from txgate.pki.mint import LeafCache, LeafTemplate, template_from_upstream
@@ -266,7 +267,7 @@ def _spent(*args: Any) -> Any:
     raise AssertionError("called after the client's TLS handshake was done")
 
 
-class _TLSLayer(BufferingTLSTransport):
+class _TLSLayer(TLSLayer):
     """
     Twisted's TLS layer, except that closing reads again: a TLS close waits
     for the peer's close_notify, which a connection paused for backpressure

@@ -27,6 +27,7 @@ from txgate.net.realservers import client_tls
 from txgate.net.reverse import EspLogs, ReverseProxyFactory, VirtualService
 from txgate.net.service import describe_address
 from txgate.net.sni import SNIServerTLS, load_server_tls
+from txgate.net.tlslayer import TLSLayer
 from txgate.reverse.balancing import RealServer
 from txgate.reverse.health import HealthTracker
 from txgate.reverse.persistence import CookieSigner, load_or_create_key
@@ -155,6 +156,7 @@ class ReverseService(MultiService):
         tls = self.prepared.server_tls.get(service.config.name)
         if tls is not None:
             factory = TLSMemoryBIOFactory(tls, False, factory)
+            factory.protocol = TLSLayer
             factory.noisy = False
         return factory
 
