@@ -291,6 +291,27 @@ class MintTests(SynchronousTestCase):
         cdp = leaf.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
         self.assertEqual(cdp[0].full_name, [x509.UniformResourceIdentifier(CRL_URL)])
 
+    def test_each_key_and_issuer_its_own(self) -> None:
+        """
+        The extensions made once per issuer, leaf key and URLs are never
+        another's: a new key gets its own SKI, the untrusted issuer its own
+        AKI, whatever was minted before.
+        """
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        ring = keyring()
+        mint(self.template)
+        for _ in range(3):
+            key = ec.generate_private_key(ec.SECP256R1())
+            leaf = mint(self.template, key)
+            ski = leaf.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+            self.assertEqual(ski, x509.SubjectKeyIdentifier.from_public_key(key.public_key()))
+            self.assertEqual(leaf.public_key(), key.public_key())
+        leaf = mint(self.template, untrusted=True)
+        aki = leaf.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+        self.assertEqual(aki.key_identifier, x509.SubjectKeyIdentifier.from_public_key(ring.untrusted_cert.public_key()).digest)
+        verify(leaf, x509.DNSName("meet.example.com"), ca=ring.untrusted_cert)
+
     def test_empty_subject(self) -> None:
         """A template without CN gives an empty subject and a critical SAN."""
         template = LeafTemplate(None, ("x.example.com",), (), NOW - DAY, NOW + DAY)

@@ -167,6 +167,80 @@ def _authority_key_identifier(issuer_cert: x509.Certificate) -> x509.AuthorityKe
     return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
 
 
+@attrs.frozen
+class _Fixed:
+    """What every leaf of one issuer, leaf key and set of URLs shares."""
+
+    issuer_cert: x509.Certificate
+    leaf_key: LeafKey
+    public_key: object
+    before_names: tuple[tuple[x509.ExtensionType, bool], ...]
+    after_names: tuple[tuple[x509.ExtensionType, bool], ...]
+
+
+_fixed: dict[tuple[int, int, str | None, str | None, str | None], _Fixed] = {}
+_FIXED_MAX = 16
+
+
+def _fixed_for(
+    issuer_cert: x509.Certificate,
+    leaf_key: LeafKey,
+    crl_url: str | None,
+    ocsp_url: str | None,
+    ca_issuers_url: str | None,
+) -> _Fixed:
+    """
+    The extensions that do not depend on the template, made once per issuer
+    certificate, leaf key and URLs (keys are not hashable, so by identity,
+    each entry holding what it was made for): building them is about a
+    third of minting a leaf.
+    """
+    key = (id(issuer_cert), id(leaf_key), crl_url, ocsp_url, ca_issuers_url)
+    fixed = _fixed.get(key)
+    if fixed is not None and fixed.issuer_cert is issuer_cert and fixed.leaf_key is leaf_key:
+        return fixed
+    public_key = leaf_key.public_key()
+    before: list[tuple[x509.ExtensionType, bool]] = [
+        (x509.BasicConstraints(ca=False, path_length=None), True),
+        (
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=isinstance(leaf_key, rsa.RSAPrivateKey),
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            True,
+        ),
+        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
+        (x509.SubjectKeyIdentifier.from_public_key(public_key), False),
+        (_authority_key_identifier(issuer_cert), False),
+    ]
+    after: list[tuple[x509.ExtensionType, bool]] = []
+    if crl_url is not None:
+        point = x509.DistributionPoint(
+            full_name=[x509.UniformResourceIdentifier(crl_url)], relative_name=None, reasons=None, crl_issuer=None
+        )
+        after.append((x509.CRLDistributionPoints([point]), False))
+    access: list[x509.AccessDescription] = []
+    if ocsp_url is not None:
+        access.append(x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url)))
+    if ca_issuers_url is not None:
+        access.append(
+            x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(ca_issuers_url))
+        )
+    if access:
+        after.append((x509.AuthorityInformationAccess(access), False))
+    if len(_fixed) >= _FIXED_MAX:
+        _fixed.clear()
+    fixed = _fixed[key] = _Fixed(issuer_cert, leaf_key, public_key, tuple(before), tuple(after))
+    return fixed
+
+
 def mint_leaf(
     template: LeafTemplate,
     *,
@@ -203,8 +277,7 @@ def mint_leaf(
     subject = x509.Name(
         [x509.NameAttribute(NameOID.COMMON_NAME, template.common_name)] if template.common_name else []
     )
-    rsa_key = isinstance(leaf_key, rsa.RSAPrivateKey)
-    public_key = leaf_key.public_key()
+    fixed = _fixed_for(issuer_cert, leaf_key, crl_url, ocsp_url, ca_issuers_url)
     not_before = max(template.not_before, issuer_cert.not_valid_before_utc)
     not_after = min(template.not_after, issuer_cert.not_valid_after_utc)
     if not_before >= not_after:
@@ -215,54 +288,17 @@ def mint_leaf(
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(issuer_cert.subject)
-        .public_key(public_key)
+        .public_key(fixed.public_key)  # type: ignore[arg-type]
         .serial_number(serial)
         .not_valid_before(not_before)
         .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=rsa_key,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(_authority_key_identifier(issuer_cert), critical=False)
     )
+    for extension, critical in fixed.before_names:
+        builder = builder.add_extension(extension, critical=critical)
     if names:
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=not template.common_name)
-    if crl_url is not None:
-        builder = builder.add_extension(
-            x509.CRLDistributionPoints(
-                [
-                    x509.DistributionPoint(
-                        full_name=[x509.UniformResourceIdentifier(crl_url)],
-                        relative_name=None,
-                        reasons=None,
-                        crl_issuer=None,
-                    )
-                ]
-            ),
-            critical=False,
-        )
-    access: list[x509.AccessDescription] = []
-    if ocsp_url is not None:
-        access.append(x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url)))
-    if ca_issuers_url is not None:
-        access.append(
-            x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(ca_issuers_url))
-        )
-    if access:
-        builder = builder.add_extension(x509.AuthorityInformationAccess(access), critical=False)
+    for extension, critical in fixed.after_names:
+        builder = builder.add_extension(extension, critical=critical)
     return builder.sign(issuer_key, hashes.SHA256())
 
 
