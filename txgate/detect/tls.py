@@ -11,6 +11,7 @@ the records and reads it; L{detect} turns that into a verdict.
 from __future__ import annotations
 
 import functools
+import struct
 
 import attrs
 
@@ -165,7 +166,12 @@ def _parse_supported_versions(data: bytes) -> tuple[int, ...]:
     versions = reader.vector(1)
     if reader.remaining or len(versions) % 2:
         raise ValueError("malformed supported_versions")
-    return tuple(int.from_bytes(versions[i : i + 2], "big") for i in range(0, len(versions), 2))
+    return _uint16s(versions)
+
+
+def _uint16s(data: bytes) -> tuple[int, ...]:
+    """A run of big-endian 16-bit numbers (even length, checked by the caller)."""
+    return struct.unpack(f">{len(data) // 2}H", data)
 
 
 @functools.lru_cache(maxsize=32)
@@ -199,7 +205,7 @@ def parse_client_hello(data: bytes) -> ClientHello | None:
     suites = reader.vector(2)
     if not suites or len(suites) % 2:
         raise ValueError("malformed cipher_suites")
-    cipher_suites = tuple(int.from_bytes(suites[i : i + 2], "big") for i in range(0, len(suites), 2))
+    cipher_suites = _uint16s(suites)
     if not reader.vector(1):
         raise ValueError("no compression methods")
     extensions: list[tuple[int, bytes]] = []
