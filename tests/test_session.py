@@ -52,6 +52,15 @@ class AddressTests(SynchronousTestCase):
         """IPv6 prints in brackets: C{[::1]:443}."""
         self.assertEqual(str(Address("::1", 443)), "[::1]:443")
 
+    def test_of(self) -> None:
+        """A Twisted address gives its host and port; a UNIX socket its name."""
+        from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+
+        self.assertEqual(Address.of(IPv4Address("TCP", "192.0.2.1", 40000)), Address("192.0.2.1", 40000))
+        self.assertEqual(Address.of(IPv6Address("TCP", "::1", 443)), Address("::1", 443))
+        unix = UNIXAddress(b"/run/txgate.sock")
+        self.assertEqual(Address.of(unix), Address(str(unix), 0))
+
 
 class ClientProtocolTests(SynchronousTestCase):
     """

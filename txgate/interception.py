@@ -18,7 +18,7 @@ import attrs
 from OpenSSL import SSL
 from twisted.python.failure import Failure
 
-from txgate.detect.tls import ClientHello
+from txgate.detect.tls import ClientHello, uint16s
 from txgate.pki.mint import KEY_TYPE_ECDSA, KEY_TYPE_RSA, LeafTemplate
 from txgate.session import ClientProtocol
 
@@ -59,7 +59,7 @@ def _signature_algorithms(hello: ClientHello) -> tuple[int, ...]:
         if kind == EXT_SIGNATURE_ALGORITHMS and len(data) >= 2:
             length = int.from_bytes(data[:2], "big")
             body = data[2 : 2 + length]
-            return tuple(int.from_bytes(body[i : i + 2], "big") for i in range(0, len(body) - 1, 2))
+            return uint16s(body)
     return ()
 
 

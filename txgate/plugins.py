@@ -66,14 +66,28 @@ class Registry:
 
     plugins: tuple[Plugin, ...]
     failures: tuple[Failure, ...] = ()
+    # Grouped once: every new stream asks for its detectors and handoff.
+    _by_kind: dict[str, tuple[Plugin, ...]] = attrs.field(init=False, eq=False, repr=False)
+    _detectors: tuple[IDetector, ...] = attrs.field(init=False, eq=False, repr=False)
+
+    @_by_kind.default
+    def _group(self) -> dict[str, tuple[Plugin, ...]]:
+        kinds: dict[str, list[Plugin]] = {}
+        for plugin in self.plugins:
+            kinds.setdefault(plugin.kind, []).append(plugin)
+        return {kind: tuple(found) for kind, found in kinds.items()}
+
+    @_detectors.default
+    def _sort_detectors(self) -> tuple[IDetector, ...]:
+        found = [p.provider for p in self._by_kind.get("detector", ())]
+        return tuple(sorted(found, key=lambda d: (d.priority, d.name)))  # type: ignore[attr-defined]
 
     def of_kind(self, kind: str) -> tuple[Plugin, ...]:
-        return tuple(p for p in self.plugins if p.kind == kind)
+        return self._by_kind.get(kind, ())
 
     @property
     def detectors(self) -> tuple[IDetector, ...]:
-        found = [p.provider for p in self.of_kind("detector")]
-        return tuple(sorted(found, key=lambda d: (d.priority, d.name)))  # type: ignore[attr-defined]
+        return self._detectors
 
     def handoff_for(self, protocol: str) -> IHandoff:
         """

@@ -42,6 +42,16 @@ class Address:
     host: str
     port: int
 
+    @classmethod
+    def of(cls, address: Any) -> "Address":
+        """
+        The host and port of a Twisted address; one without a host (a UNIX
+        socket) is named by its C{str()}, made only then: an address's
+        C{repr} costs more than the rest of this.
+        """
+        host = getattr(address, "host", None)
+        return cls(str(address) if host is None else host, getattr(address, "port", 0))
+
     def __str__(self) -> str:
         if ":" in self.host:
             return f"[{self.host}]:{self.port}"

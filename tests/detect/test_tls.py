@@ -123,6 +123,12 @@ class CaptureTests(SynchronousTestCase):
 class SyntheticTests(SynchronousTestCase):
     """Built ClientHellos cover what the captures do not."""
 
+    def test_uint16s(self) -> None:
+        """TLS lists of 16-bit numbers, big-endian; an odd last byte is left out."""
+        self.assertEqual(tls.uint16s(b"\x13\x01\xc0\x2b"), (0x1301, 0xC02B))
+        self.assertEqual(tls.uint16s(b"\x03\x04\x03"), (0x0304,))
+        self.assertEqual(tls.uint16s(b""), ())
+
     def test_ech(self) -> None:
         data = records(client_hello([sni(b"public.example.com"), (0xFE0D, b"\x00\x01\x02")]), 1000)
         self.assertEqual(

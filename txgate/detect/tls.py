@@ -18,7 +18,7 @@ import attrs
 from txgate.detect import msturn
 from txgate.interfaces import NEED_MORE, NOT_MINE, Detected, Verdict
 
-__all__ = ["ClientHello", "parse_client_hello", "detect", "MAX_RECORD_LENGTH"]
+__all__ = ["ClientHello", "parse_client_hello", "detect", "uint16s", "MAX_RECORD_LENGTH"]
 
 MAX_RECORD_LENGTH = 2**14
 """The largest plaintext record fragment (RFC 8446 5.1); anything longer is not TLS."""
@@ -166,12 +166,12 @@ def _parse_supported_versions(data: bytes) -> tuple[int, ...]:
     versions = reader.vector(1)
     if reader.remaining or len(versions) % 2:
         raise ValueError("malformed supported_versions")
-    return _uint16s(versions)
+    return uint16s(versions)
 
 
-def _uint16s(data: bytes) -> tuple[int, ...]:
-    """A run of big-endian 16-bit numbers (even length, checked by the caller)."""
-    return struct.unpack(f">{len(data) // 2}H", data)
+def uint16s(data: bytes) -> tuple[int, ...]:
+    """A run of big-endian 16-bit numbers, as TLS lists them (an odd last byte is left out)."""
+    return struct.unpack_from(f">{len(data) // 2}H", data)
 
 
 @functools.lru_cache(maxsize=32)
@@ -205,7 +205,7 @@ def parse_client_hello(data: bytes) -> ClientHello | None:
     suites = reader.vector(2)
     if not suites or len(suites) % 2:
         raise ValueError("malformed cipher_suites")
-    cipher_suites = _uint16s(suites)
+    cipher_suites = uint16s(suites)
     if not reader.vector(1):
         raise ValueError("no compression methods")
     extensions: list[tuple[int, bytes]] = []

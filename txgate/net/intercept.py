@@ -63,6 +63,7 @@ from txgate.net.tlslayer import TLSLayer
 from txgate.net.upstream import IdlePools, Upstream
 from txgate.pki import revocation
 from txgate.pki.mint import LeafCache, LeafTemplate, template_from_upstream
+from txgate.session import Address
 
 __all__ = [
     "SSLInterceptor",
@@ -631,8 +632,8 @@ class _Interception:
         C{upstream} as its decrypted side; fires once the handshake is done
         (within L{HANDSHAKE_TIMEOUT}), or fails.
         """
-        peer = tcp.transport.getPeer()
-        upstream.address = (getattr(peer, "host", str(peer)), getattr(peer, "port", 0))
+        address = Address.of(tcp.transport.getPeer())
+        upstream.address = (address.host, address.port)
         tls = self.upstream_factory.protocol(self.upstream_factory, upstream)
         tls.makeConnection(tcp.transport)
         tcp.attach(_Ciphertext(tls, tcp))

@@ -47,8 +47,7 @@ def identify_client(transport: Any, session: Session, clients: Any) -> bool:
 
     @return: whether the service's C{clients} list allows it.
     """
-    peer = transport.getPeer()
-    session.client = Address(getattr(peer, "host", str(peer)), getattr(peer, "port", 0))
+    session.client = Address.of(transport.getPeer())
     return client_allowed(session.client.host, clients)
 
 
