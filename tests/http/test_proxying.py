@@ -10,6 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from txgate.errors import PeerProtocolError
 from txgate.http.proxying import (
+    connection_auth,
     Target,
     error_page,
     parse_target,
@@ -112,3 +113,20 @@ class HeaderTests(SynchronousTestCase):
         headers, body = error_page(502, "DNS lookup failed for nosuch.invalid")
         self.assertEqual(body, b"txgate: 502: DNS lookup failed for nosuch.invalid\n")
         self.assertIn((b"content-length", str(len(body)).encode()), headers)
+
+
+class ConnectionAuthTests(SynchronousTestCase):
+    """L{connection_auth} tells when a connection, not a request, is being authenticated."""
+
+    def test_connection_auth(self) -> None:
+        """NTLM or Negotiate in the request, or offered by a 401, pins the connection."""
+        self.assertTrue(connection_auth([(b"authorization", b"NTLM TlRMTVNTUAAB")]))
+        self.assertTrue(connection_auth([(b"authorization", b"negotiate YII=")]))
+        self.assertFalse(connection_auth([(b"authorization", b"Basic eDp5")]))
+        self.assertFalse(connection_auth([]))
+        offers = [(b"www-authenticate", b'Basic realm="x"'), (b"www-authenticate", b"Negotiate")]
+        self.assertTrue(connection_auth([], 401, offers))
+        self.assertTrue(connection_auth([], 401, [(b"www-authenticate", b'Basic realm="x", NTLM')]))
+        self.assertFalse(connection_auth([], 200, offers))
+        self.assertFalse(connection_auth([], 401, [(b"www-authenticate", b'Basic realm="NTLMx"')]))
+        self.assertFalse(connection_auth([], 401, [(b"www-authenticate", b"Bearer")]))

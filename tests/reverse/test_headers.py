@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from txgate.reverse.headers import (
-    connection_auth,
     cookie_value,
     downstream_response_headers,
     location_rewriter,
@@ -268,21 +267,8 @@ class UserOfTests(SynchronousTestCase):
 
 class ConnectionTests(SynchronousTestCase):
     """
-    L{connection_auth} and L{wants_upgrade} read how a connection is used.
+    L{wants_upgrade} reads how a connection is used.
     """
-
-    def test_connection_auth(self) -> None:
-        """NTLM or Negotiate in the request, or offered by a 401, pins the connection."""
-        self.assertTrue(connection_auth([(b"authorization", b"NTLM TlRMTVNTUAAB")]))
-        self.assertTrue(connection_auth([(b"authorization", b"negotiate YII=")]))
-        self.assertFalse(connection_auth([(b"authorization", b"Basic eDp5")]))
-        self.assertFalse(connection_auth([]))
-        offers = [(b"www-authenticate", b'Basic realm="x"'), (b"www-authenticate", b"Negotiate")]
-        self.assertTrue(connection_auth([], 401, offers))
-        self.assertTrue(connection_auth([], 401, [(b"www-authenticate", b'Basic realm="x", NTLM')]))
-        self.assertFalse(connection_auth([], 200, offers))
-        self.assertFalse(connection_auth([], 401, [(b"www-authenticate", b'Basic realm="NTLMx"')]))
-        self.assertFalse(connection_auth([], 401, [(b"www-authenticate", b"Bearer")]))
 
     def test_wants_upgrade(self) -> None:
         """Both Upgrade and the C{upgrade} Connection token are needed."""

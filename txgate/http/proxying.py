@@ -7,7 +7,9 @@ section 3.2.2), and how it reads the request target it is sent.
 from __future__ import annotations
 
 import ipaddress
+import re
 from http import HTTPStatus
+from typing import Iterable
 from urllib.parse import urlsplit
 
 import attrs
@@ -24,6 +26,8 @@ __all__ = [
     "strip_hop_by_hop",
     "error_page",
     "error_response",
+    "auth_scheme_and_token",
+    "connection_auth",
     "VIA",
     "RETRYABLE",
     "as_bytes",
@@ -265,3 +269,33 @@ def error_response(status: int, message: str) -> bytes:
     headers, body = error_page(status, message)
     head = b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode("ascii"))
     return head + b"".join(n + b": " + v + b"\r\n" for n, v in headers) + b"connection: close\r\n\r\n" + body
+
+
+_CONNECTION_SCHEMES = frozenset({b"ntlm", b"negotiate"})
+_CHALLENGE_SCHEME = re.compile(rb"(?:^|,)[ \t]*(ntlm|negotiate)(?=[ \t,]|$)", re.IGNORECASE)
+
+
+def auth_scheme_and_token(authorization: bytes) -> tuple[bytes, bytes]:
+    """An C{Authorization} value's scheme (lower case) and the rest."""
+    scheme, _, token = authorization.strip().partition(b" ")
+    return scheme.lower(), token.strip()
+
+
+def connection_auth(
+    request_headers: Iterable[tuple[bytes, bytes]],
+    status: int | None = None,
+    response_headers: Iterable[tuple[bytes, bytes]] = (),
+) -> bool:
+    """
+    Whether a connection-oriented handshake (NTLM, Negotiate) has begun, so
+    the real server connection must stay with this client connection: these
+    schemes authenticate the connection, not the request.
+    """
+    for name, value in request_headers:
+        if name == b"authorization" and auth_scheme_and_token(value)[0] in _CONNECTION_SCHEMES:
+            return True
+    if status == 401:
+        for name, value in response_headers:
+            if name == b"www-authenticate" and _CHALLENGE_SCHEME.search(value) is not None:
+                return True
+    return False

@@ -27,6 +27,7 @@ from txgate.http.proxying import (
     RETRYABLE,
     Target,
     as_bytes,
+    connection_auth,
     error_page,
     parse_target,
     request_headers_upstream,
@@ -39,7 +40,6 @@ from txgate.net.pipeline import Delegating, Pipeline, PipelineSettings
 from txgate.net.transaction import Transaction, identify_client, open_session
 from txgate.net.upstream import Connector, Upstream, UpstreamPool, describe_connect_failure
 from txgate.pki.authority import MAX_OCSP_BODY
-from txgate.reverse.headers import connection_auth
 from txgate.session import Address, ClientProtocol, Session
 
 __all__ = ["ExplicitProxyFactory", "ExplicitProxy"]

@@ -706,6 +706,11 @@ class _ReuseKey:
     port: int
     alpn: tuple[str, ...]
 
+    @property
+    def resume(self) -> tuple[str | None, str, int]:
+        """The L{SessionCache} key of this server (the ALPN offer does not matter to a TLS session)."""
+        return (self.sni, self.host, self.port)
+
 
 class UpstreamSource:
     """
@@ -765,7 +770,7 @@ class UpstreamSource:
         trusted (the client was shown a trusted leaf for this server).
         """
         key, state = self.key, self._state
-        upstream = TLSUpstream(key.sni, key.alpn, (key.sni, key.host, key.port), state.sessions)
+        upstream = TLSUpstream(key.sni, key.alpn, key.resume, state.sessions)
         upstream.source = self
         d = self._connector.connect(key.host, key.port)
         d.addCallback(state.handshake, upstream)
@@ -842,10 +847,11 @@ class SSLInterceptor:
         tcp: Upstream = context.upstream  # type: ignore[assignment]
         destination = session.destination
         alpn = upstream_alpn(session.alpn, Mode(request.mode))
+        key = _ReuseKey(session.sni, destination.host, destination.port, alpn) if destination is not None else None
         source = None
         connector = getattr(context.service, "connector", None)
-        if destination is not None and connector is not None:
-            source = UpstreamSource(state, _ReuseKey(session.sni, destination.host, destination.port, alpn), connector)
+        if key is not None and connector is not None:
+            source = UpstreamSource(state, key, connector)
             idle = source.take()
             if idle is not None:
                 # A verified connection to this server is idle: the client is
@@ -856,8 +862,7 @@ class SSLInterceptor:
                     tcp.transport.loseConnection()
                 assert idle.template is not None
                 return succeed(self._client_side(idle, request, state, idle.template, untrusted=False))
-        resume = (session.sni, destination.host, destination.port) if destination is not None else None  # as _ReuseKey
-        upstream = TLSUpstream(session.sni, alpn, resume, state.sessions)
+        upstream = TLSUpstream(session.sni, alpn, key.resume if key is not None else None, state.sessions)
         upstream.source = source
         if tcp is not None:
             d = state.handshake(tcp, upstream)

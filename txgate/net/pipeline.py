@@ -23,9 +23,9 @@ from txgate.acl import parse_address
 from txgate.detection import UNKNOWN, detect
 from txgate.errors import PeerProtocolError
 from txgate.http.proxying import error_response
-from txgate.net.upstream import describe_connect_failure
 from txgate.interception import InnerName, Mode, describe_tls_failure, inner_name
 from txgate.interfaces import NEED_MORE, Checkpoint, Decision, Detected, HandoffContext, InterceptRequest, IPolicy
+from txgate.net.upstream import describe_connect_failure
 from txgate.plugins import Registry
 from txgate.policy.categories import Categories
 from txgate.session import Session

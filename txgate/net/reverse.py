@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 from txgate import metrics
 from txgate.config import VirtualServiceConfig
-from txgate.http.proxying import RETRYABLE, as_bytes
+from txgate.http.proxying import RETRYABLE, as_bytes, connection_auth
 from txgate.net.idle import IdleWatch
 from txgate.net.realservers import Backend
 from txgate.net.upstream import Upstream, describe_connect_failure, no_delay
@@ -35,7 +35,6 @@ from txgate.reverse.allowed import AmbiguousPath, HostRules, PathRules, normaliz
 from txgate.reverse.balancing import scheduler_for
 from txgate.reverse.framing import BadHead, ChunkedChecker, check_head, head_end, head_start
 from txgate.reverse.headers import (
-    connection_auth,
     cookie_value,
     downstream_response_headers,
     location_rewriter,

@@ -15,10 +15,9 @@ import re
 from base64 import b64decode
 from typing import Callable, Collection, Iterable
 
-from txgate.http.proxying import strip_hop_by_hop
+from txgate.http.proxying import auth_scheme_and_token, strip_hop_by_hop
 
 __all__ = [
-    "connection_auth",
     "cookie_value",
     "downstream_response_headers",
     "location_rewriter",
@@ -182,15 +181,6 @@ def location_rewriter(
 
 _NTLM_SIGNATURE = b"NTLMSSP\x00"
 _NEGOTIATE_UNICODE = 0x00000001
-_CONNECTION_SCHEMES = frozenset({b"ntlm", b"negotiate"})
-_CHALLENGE_SCHEME = re.compile(rb"(?:^|,)[ \t]*(ntlm|negotiate)(?=[ \t,]|$)", re.IGNORECASE)
-
-
-def _scheme_and_token(authorization: bytes) -> tuple[bytes, bytes]:
-    scheme, _, token = authorization.strip().partition(b" ")
-    return scheme.lower(), token.strip()
-
-
 def _ntlm_field(message: bytes, at: int, unicode: bool) -> str | None:
     length = int.from_bytes(message[at : at + 2], "little")
     offset = int.from_bytes(message[at + 4 : at + 8], "little")
@@ -233,7 +223,7 @@ def user_of(authorization: bytes | None) -> str | None:
     """
     if not authorization:
         return None
-    scheme, token = _scheme_and_token(authorization)
+    scheme, token = auth_scheme_and_token(authorization)
     try:
         if scheme == b"basic":
             user = b64decode(token, validate=True).partition(b":")[0]
@@ -249,26 +239,6 @@ def user_of(authorization: bytes | None) -> str | None:
         # Bad base64, or a UTF-16 name that does not decode.
         return None
     return None
-
-
-def connection_auth(
-    request_headers: Iterable[tuple[bytes, bytes]],
-    status: int | None = None,
-    response_headers: Iterable[tuple[bytes, bytes]] = (),
-) -> bool:
-    """
-    Whether a connection-oriented handshake (NTLM, Negotiate) has begun, so
-    the real server connection must stay with this client connection: these
-    schemes authenticate the connection, not the request.
-    """
-    for name, value in request_headers:
-        if name == b"authorization" and _scheme_and_token(value)[0] in _CONNECTION_SCHEMES:
-            return True
-    if status == 401:
-        for name, value in response_headers:
-            if name == b"www-authenticate" and _CHALLENGE_SCHEME.search(value) is not None:
-                return True
-    return False
 
 
 def _tokens(value: bytes) -> set[bytes]:
