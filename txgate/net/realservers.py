@@ -17,11 +17,12 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IStream
 from twisted.internet.ssl import Certificate, optionsForClientTLS, platformTrust, trustRootFromCertificates
 from twisted.python.failure import Failure
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from txgate.config import RealServerConfig
 from txgate.errors import ConfigError
+from txgate.net.tlslayer import UnbufferedTLSLayer
 from txgate.net.upstream import IdlePool, Upstream, _UpstreamFactory
 from txgate.reverse.balancing import RealServer
 
@@ -82,14 +83,9 @@ class _Wrapping:
 
 
 class _UnbufferedTLSFactory(TLSMemoryBIOFactory):
-    """
-    TLS whose writes are encrypted at once. Twisted's default holds each
-    write for a C{callLater(0)} to merge small ones; the proxy already
-    writes a request head whole and body pieces as they come, so that
-    timer per request only costs.
-    """
+    """TLS whose writes are encrypted and sent at once (L{UnbufferedTLSLayer})."""
 
-    protocol = TLSMemoryBIOProtocol
+    protocol = UnbufferedTLSLayer
 
 
 class _Counted(Upstream):
