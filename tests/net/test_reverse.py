@@ -111,6 +111,7 @@ class _Seen:
     target: bytes
     headers: list[tuple[bytes, bytes]]
     body: bytearray = attrs.field(factory=bytearray)
+    trailers: list[tuple[bytes, bytes]] = attrs.field(factory=list)
 
     def header(self, name: bytes) -> bytes | None:
         values = self.all(name)
@@ -166,6 +167,7 @@ class _BackendConn(Protocol):
                 self.current.body += event.data
             elif isinstance(event, h11.EndOfMessage):
                 assert self.current is not None
+                self.current.trailers = [(bytes(n), bytes(v)) for n, v in event.headers]
                 if not self._respond(self.current):
                     return
 
@@ -182,9 +184,10 @@ class _BackendConn(Protocol):
             if rest:
                 self.transport.write(bytes(rest))
             return False
-        headers = headers + [(b"content-length", b"%d" % len(body))]
+        if not any(n.lower() == b"transfer-encoding" for n, _ in headers):
+            headers = headers + [(b"content-length", b"%d" % len(body))]
         self.transport.write(self.h11.send(h11.Response(status_code=status, headers=headers)))
-        if body:
+        if body and seen.method != b"HEAD":
             self.transport.write(self.h11.send(h11.Data(data=body)))
         self.transport.write(self.h11.send(h11.EndOfMessage()))
         if self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
@@ -878,6 +881,95 @@ class StreamingTests(_ReverseCase):
             r = c.final()
             self.assertEqual((r.status, r.body), (200, hashlib.sha256(payload).hexdigest().encode()))
             self.assertEqual(backend.seen[0].all(b"content-length"), [])
+
+        return self.in_thread(body)
+
+
+    def test_chunked_trailers_reach_the_real_server(self):
+        """A chunked request's trailer fields go on to the real server with its body."""
+        backend, port = self.simple()
+
+        def body() -> None:
+            c = self.client(port)
+            c.send(
+                b"POST /upload HTTP/1.1\r\nHost: lync.example.com\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"5\r\nhello\r\n0\r\nX-Checksum:  abc \r\n\r\n"
+            )
+            self.assertEqual(c.final().status, 200)
+            self.assertEqual(bytes(backend.seen[0].body), b"hello")
+            self.assertEqual(backend.seen[0].trailers, [(b"x-checksum", b"abc")])
+
+        return self.in_thread(body)
+
+
+class ResponseFramingTests(_ReverseCase):
+    """
+    A response whose length the real server did not announce reaches each
+    client in a framing it reads, and the connection is kept only when
+    the next response can follow.
+    """
+
+    @staticmethod
+    def chunked(seen: _Seen) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        return 200, [(b"transfer-encoding", b"chunked")], b"streamed " * 1000
+
+    def test_chunked_for_http11(self):
+        """An HTTP/1.1 client gets the body chunked, and its connection stays open for the next request."""
+        _, port = self.simple(self.chunked)
+
+        def body() -> None:
+            c = self.client(port)
+            c.send(_get("/one"))
+            r = c.final()
+            self.assertEqual((r.status, r.body), (200, b"streamed " * 1000))
+            self.assertEqual(r.header(b"transfer-encoding"), b"chunked")
+            self.assertIsNone(r.header(b"content-length"))
+            c.send(_get("/two"))
+            self.assertEqual(c.final().body, b"streamed " * 1000)
+
+        return self.in_thread(body)
+
+    def test_close_delimited_for_http10(self):
+        """An HTTP/1.0 client, which cannot read chunks, gets the body ended by the connection's close."""
+        _, port = self.simple(self.chunked)
+
+        def body() -> None:
+            c = self.client(port)
+            c.send(b"GET / HTTP/1.0\r\nHost: lync.example.com\r\n\r\n")
+            r = c.final()
+            self.assertEqual((r.status, r.body), (200, b"streamed " * 1000))
+            self.assertIsNone(r.header(b"transfer-encoding"))
+            self.assertEqual(r.header(b"connection"), b"close")
+            self.assertTrue(c.closed())
+
+        return self.in_thread(body)
+
+    def test_head(self):
+        """A HEAD response has the headers a GET would get and no body; the next request follows on."""
+        backend, port = self.simple()
+
+        def body() -> None:
+            c = self.client(port)
+            c.send(b"HEAD / HTTP/1.1\r\nHost: lync.example.com\r\n\r\n")
+            head = c._until(b"\r\n\r\n")  # read as a HEAD response: no body follows
+            self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
+            self.assertIn(b"\r\ncontent-length: 27\r\n", head)
+            c.send(_get("/next"))
+            r = c.final()
+            self.assertEqual((r.status, r.body), (200, b"hello from the real server\n"))
+
+        return self.in_thread(body)
+
+    def test_connection_close(self):
+        """A request with C{Connection: close} gets its response, said to close, and the connection closes."""
+        _, port = self.simple()
+
+        def body() -> None:
+            c = self.client(port)
+            c.send(_get("/", extra=b"Connection: close\r\n"))
+            r = c.final()
+            self.assertEqual((r.status, r.header(b"connection")), (200, b"close"))
+            self.assertTrue(c.closed())
 
         return self.in_thread(body)
 

@@ -1,6 +1,8 @@
 """
 Tests for L{txgate.reverse.framing}: where a request head ends, which heads
-are refused before h11 reads them, and which chunked bodies.
+are refused and what the accepted ones say, which chunked bodies are
+refused and what the accepted ones carry, and how responses are framed for
+the client.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from txgate.reverse.framing import (
     MAX_EMPTY_LINES,
     BadHead,
     ChunkedChecker,
+    RequestHead,
     check_head,
+    frame_response,
     head_end,
     head_start,
 )
@@ -521,3 +525,153 @@ class ChunkedCheckerTests(SynchronousTestCase):
         self.assertEqual(_run_chunked(stream, _bytewise(stream), max_line=8), whole)
         if whole[0] == "bad":
             self.assertEqual(whole[1], 400)
+
+
+class RequestHeadTests(SynchronousTestCase):
+    """What L{check_head} reads from a head it accepts."""
+
+    def test_read(self) -> None:
+        head = check_head(
+            b"\r\nPOST /up?x=1 HTTP/1.1\r\nHost: meet.example.com\r\nContent-Length:  5 \r\nX-A: a\tb\r\n\r\n"
+        )
+        self.assertEqual(
+            head,
+            RequestHead(
+                method=b"POST",
+                target=b"/up?x=1",
+                http_version=b"1.1",
+                headers=[(b"host", b"meet.example.com"), (b"content-length", b"5"), (b"x-a", b"a\tb")],
+                length=5,
+                chunked=False,
+                keep_alive=True,
+            ),
+        )
+        self.assertTrue(head.has_body)
+
+    def test_chunked(self) -> None:
+        head = check_head(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: Chunked\r\n\r\n")
+        self.assertEqual((head.length, head.chunked, head.has_body), (None, True, True))
+
+    def test_no_body(self) -> None:
+        self.assertFalse(check_head(GOOD).has_body)
+        self.assertFalse(check_head(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n").has_body)
+
+    def test_keep_alive(self) -> None:
+        """HTTP/1.1 keeps the connection unless a Connection token says close; HTTP/1.0 never does."""
+        cases = [
+            (GOOD, True),
+            (b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", False),
+            (b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Keep-Alive, CLOSE\r\n\r\n", False),
+            (b"GET / HTTP/1.1\r\nHost: h\r\nConnection: closed\r\n\r\n", True),
+            (b"GET / HTTP/1.0\r\n\r\n", False),
+            (b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", False),
+        ]
+        for raw, keep in cases:
+            self.assertEqual(check_head(raw).keep_alive, keep, raw)
+
+
+class ChunkedDecodingTests(SynchronousTestCase):
+    """L{ChunkedChecker} hands out the chunk data and the trailer fields of what it accepts."""
+
+    @given(
+        st.lists(st.binary(min_size=1, max_size=40), max_size=8),
+        st.lists(st.integers(min_value=1, max_value=30), min_size=1, max_size=12),
+    )
+    def test_decoded(self, chunks: list[bytes], cuts: list[int]) -> None:
+        """However the body is cut into reads, the pieces join into the data sent."""
+        wire = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\nX-T: v\r\n\r\nNEXT"
+        checker = ChunkedChecker()
+        out: list[bytes] = []
+        at = 0
+        end = None
+        for cut in cuts * (len(wire) // sum(cuts) + 1):
+            piece = wire[at : at + cut]
+            end = checker.feed(piece, out)
+            if end is not None:
+                at += end
+                break
+            at += cut
+        self.assertEqual(wire[at:], b"NEXT")
+        self.assertEqual(b"".join(out), b"".join(chunks))
+        self.assertEqual(checker.trailers, [(b"x-t", b"v")])
+
+    def test_no_out(self) -> None:
+        """Without a list, only the framing is followed."""
+        self.assertEqual(ChunkedChecker().feed(b"3\r\nabc\r\n0\r\n\r\nGET"), 13)
+
+
+def _request(raw: bytes = GOOD) -> RequestHead:
+    return check_head(raw)
+
+
+def _lines(head: bytes) -> list[bytes]:
+    """The head's lines, lower-cased: field names are case-insensitive."""
+    return head.lower().split(b"\r\n")
+
+
+class FrameResponseTests(SynchronousTestCase):
+    """L{frame_response} frames a response for the client as h11 would, and says when to close."""
+
+    def test_known_length(self) -> None:
+        framing = frame_response(_request(), 200, b"OK", [(b"content-type", b"text/plain"), (b"content-length", b"5")])
+        self.assertEqual(framing.head, b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n\r\n")
+        self.assertEqual((framing.body, framing.chunked, framing.close), (True, False, False))
+        self.assertEqual(framing.data(b"hello"), [b"hello"])
+        self.assertEqual(framing.end([(b"x", b"y")]), b"")
+
+    def test_unknown_length_http11(self) -> None:
+        """No Content-Length (the real server chunked or closed): chunked, trailers included."""
+        framing = frame_response(_request(), 200, b"OK", [(b"content-type", b"text/plain")])
+        self.assertIn(b"transfer-encoding: chunked", _lines(framing.head))
+        self.assertEqual((framing.chunked, framing.close), (True, False))
+        self.assertEqual(b"".join(framing.data(b"hello")), b"5\r\nhello\r\n")
+        self.assertEqual(framing.data(b""), [])  # an empty chunk would end the body
+        self.assertEqual(framing.end([(b"x-t", b"v")]), b"0\r\nx-t: v\r\n\r\n")
+
+    def test_unknown_length_http10(self) -> None:
+        """An HTTP/1.0 client cannot read chunks: the body ends with the connection."""
+        framing = frame_response(_request(b"GET / HTTP/1.0\r\n\r\n"), 200, b"OK", [(b"transfer-encoding", b"chunked")])
+        self.assertNotIn(b"transfer-encoding: chunked", _lines(framing.head))
+        self.assertIn(b"connection: close", _lines(framing.head))
+        self.assertEqual((framing.chunked, framing.close), (False, True))
+        self.assertEqual(framing.data(b"hello"), [b"hello"])
+
+    def test_no_body(self) -> None:
+        """HEAD, 204 and 304 responses carry no body; HEAD's head is a GET's."""
+        head = _request(b"HEAD / HTTP/1.1\r\nHost: h\r\n\r\n")
+        framing = frame_response(head, 200, b"OK", [(b"content-length", b"27")])
+        self.assertIn(b"content-length: 27", _lines(framing.head))
+        self.assertEqual((framing.body, framing.close), (False, False))
+        self.assertEqual(framing.data(b"x"), [])
+        framing = frame_response(head, 200, b"OK", [])
+        self.assertIn(b"transfer-encoding: chunked", _lines(framing.head))
+        self.assertEqual((framing.body, framing.close), (False, False))
+        self.assertEqual(framing.end([]), b"")
+        for status in (204, 304):
+            framing = frame_response(_request(), status, b"", [(b"etag", b'"x"')])
+            self.assertEqual(framing.head, b'HTTP/1.1 %d \r\netag: "x"\r\n\r\n' % status)
+            self.assertEqual((framing.body, framing.close), (False, False))
+
+    def test_close_asked(self) -> None:
+        """A request that asked to close gets Connection: close, once."""
+        request = _request(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        framing = frame_response(request, 200, b"OK", [(b"content-length", b"0"), (b"connection", b"x")])
+        self.assertEqual([line for line in _lines(framing.head) if line.startswith(b"connection")], [b"connection: close"])
+        self.assertTrue(framing.close)
+
+    def test_same_as_h11(self) -> None:
+        """The bytes h11's server side would send for the same exchange."""
+        for raw, headers, body in [
+            (GOOD, [(b"content-length", b"5")], b"hello"),
+            (GOOD, [(b"server", b"x")], b"hello"),
+            (b"GET / HTTP/1.0\r\n\r\n", [(b"server", b"x")], b"hello"),
+        ]:
+            conn = h11.Connection(h11.SERVER)
+            conn.receive_data(raw)
+            conn.next_event()
+            expected = conn.send(h11.Response(status_code=200, headers=headers, reason=b"OK"))
+            expected += conn.send(h11.Data(data=body))
+            expected += conn.send(h11.EndOfMessage())
+            framing = frame_response(_request(raw), 200, b"OK", headers)
+            got = framing.head + b"".join(framing.data(body)) + framing.end([])
+            self.assertEqual(got, expected, raw)

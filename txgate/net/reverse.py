@@ -7,13 +7,15 @@ upgrades tunnelled, NTLM/Negotiate handshakes kept on one backend
 connection.
 
 The decisions are the pure cores in L{txgate.reverse}; this module moves
-bytes between h11 on both sides and keeps the books (ESP logs, counters).
+bytes between them and keeps the books (ESP logs, counters). Client
+requests are read once, strictly, by L{check_head} and L{ChunkedChecker},
+and responses framed for the client by L{frame_response}; real servers'
+responses are read by h11.
 """
 
 from __future__ import annotations
 
 import datetime
-import re
 from typing import Any, Callable, TextIO
 
 import h11
@@ -33,7 +35,16 @@ from txgate.net.upstream import Upstream, describe_connect_failure, no_delay
 from txgate.reverse import esplog
 from txgate.reverse.allowed import AmbiguousPath, HostRules, PathRules, normalize_target
 from txgate.reverse.balancing import scheduler_for
-from txgate.reverse.framing import BadHead, ChunkedChecker, check_head, head_end, head_start
+from txgate.reverse.framing import (
+    BadHead,
+    ChunkedChecker,
+    Framing,
+    Headers,
+    RequestHead,
+    check_head,
+    frame_response,
+    head_end,
+)
 from txgate.reverse.headers import (
     cookie_value,
     downstream_response_headers,
@@ -49,8 +60,6 @@ from txgate.reverse.proxyv2 import proxy_v2_header
 __all__ = ["EspLogs", "VirtualService", "ReverseProxyFactory"]
 
 _END = h11.EndOfMessage()
-
-_BYTES_REPR = re.compile(r"bytearray\((b'.*?')\)")
 
 _PHRASES = {
     400: b"Bad Request",
@@ -215,8 +224,16 @@ class ReverseProxy(Protocol):
         self._paused = False
         self._buffer = bytearray()
         self._scanned = 0
-        self._conn: h11.Connection | None = None
+        self._request: RequestHead | None = None
+        """The request being answered, from its head until its exchange is over."""
+        self._pending = bytearray()
+        """Bytes after the request head not handed on yet: its body, or the next request."""
+        self._body_left = 0
         self._chunks: ChunkedChecker | None = None
+        self._request_ended = False
+        self._framing: Framing | None = None
+        """The response's, once its head is sent."""
+        self._response_done = False
         self._exchange: _Exchange | None = None
         self._tunnel: Upstream | None = None
         self.own: tuple[Backend, Upstream] | None = None
@@ -252,23 +269,22 @@ class ReverseProxy(Protocol):
         if self._tunnel is not None:
             self._tunnel.transport.write(data)
             return
-        if self._conn is None:
+        if self._request is None:
             self._head_in(data)
             return
-        if not self._reading:
-            # Pipelined or early bytes wait in h11; no more are read until
-            # this exchange is over, so they cannot pile up. (Again each
-            # time: the real server's connection, as a consumer, may have
-            # resumed us.)
+        self._pending += data
+        if not self._reading or self._request_ended:
+            # Pipelined or early bytes wait; no more are read until this
+            # exchange is over, so they cannot pile up. (Again each time:
+            # the real server's connection, as a consumer, may have resumed
+            # us.)
             self._paused = True
             self.transport.pauseProducing()
-        self._body_in(data)
+            return
+        self._body_in()
 
     def _head_in(self, data: bytes) -> None:
-        """
-        Hold bytes until a whole request head is here, and check it
-        strictly before h11 (which is lenient) reads it.
-        """
+        """Hold bytes until a whole request head is here, and read it."""
         buffer = self._buffer
         buffer += data
         try:
@@ -282,37 +298,60 @@ class ReverseProxy(Protocol):
                     )
                 self._scanned = len(buffer)
                 return
-            check_head(memoryview(buffer)[:end].tobytes())
+            request = check_head(memoryview(buffer)[:end].tobytes())
         except BadHead as e:
             self._refuse(e.status, e.reason)
             return
         self._stop_head_timer()
         self._scanned = 0
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.service.config.max_header_size)
-        conn.receive_data(bytes(buffer[head_start(buffer) : end]))  # h11 refuses leading empty lines
-        rest = bytes(buffer[end:])
+        self._pending += memoryview(buffer)[end:]
         buffer.clear()
-        self._conn = conn
-        self._process()  # the request: a chunked one sets up self._chunks
-        if rest and not self._closing:
-            self._body_in(rest)
+        self._request = request
+        self._framing = None
+        self._response_done = False
+        self._body_left = request.length or 0
+        self._chunks = ChunkedChecker() if request.chunked else None
+        self._request_ended = not request.has_body
+        self._request_in(request)
+        if self._pending and not self._closing:
+            self._body_in()
 
-    def _body_in(self, data: bytes) -> None:
+    def _body_in(self) -> None:
         """
-        Bytes after a request head: a chunked body's framing is checked
-        strictly first (h11 waits forever on a bare LF and takes chunk
-        sizes of any length), then h11 reads them.
+        Hand on the request body in L{_pending}, as far as its framing
+        goes (a chunked one checked strictly, and decoded, on the way);
+        what follows the body is the next request's, and waits.
         """
-        if self._chunks is not None:
+        exchange = self._exchange
+        if not self._pending or not self._reading or self._request_ended or self._closing or exchange is None:
+            return
+        data = bytes(self._pending)
+        self._pending.clear()
+        pieces: list[bytes] = []
+        trailers: Headers = []
+        chunks = self._chunks
+        if chunks is not None:
             try:
-                if self._chunks.feed(data) is not None:
-                    self._chunks = None  # the body ended; the rest is the next request
+                end = chunks.feed(data, pieces)
             except BadHead as e:
                 self._refuse(e.status, f"malformed chunked body: {e.reason}")
                 return
-        assert self._conn is not None
-        self._conn.receive_data(data)
-        self._process()
+            trailers = chunks.trailers
+        else:
+            taken = min(self._body_left, len(data))
+            self._body_left -= taken
+            pieces.append(data if taken == len(data) else data[:taken])
+            end = taken if not self._body_left else None
+        if end is not None:
+            self._request_ended = True
+            self._pending += memoryview(data)[end:]
+        for piece in pieces:
+            if piece:
+                exchange.client_data(piece)
+                if self._exchange is not exchange or self._closing:
+                    return
+        if end is not None:
+            exchange.client_end(trailers)
 
     def _stop_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -340,33 +379,6 @@ class ReverseProxy(Protocol):
                 esplog.closed_line(service.now(), self.local, self.client, seconds, self.bytes_in, self.bytes_out),
             )
 
-    def _process(self) -> None:
-        conn = self._conn
-        while conn is not None and self._reading and not self._closing:
-            try:
-                event = conn.next_event()
-            except h11.RemoteProtocolError as e:
-                self._bad_framing(e)
-                return
-            if event is h11.NEED_DATA or event is h11.PAUSED:
-                return
-            # h11's events are final classes under an ABC: a type test is
-            # cheaper than isinstance here, on every event of every request.
-            if type(event) is h11.Request:
-                self._request(event)
-            elif type(event) is h11.Data:
-                assert self._exchange is not None
-                self._exchange.client_data(event.data)
-            elif type(event) is h11.EndOfMessage:
-                assert self._exchange is not None
-                self._exchange.client_end(event)
-            elif type(event) is h11.ConnectionClosed:
-                if self._exchange is None:
-                    self._closing = True
-                    self.transport.loseConnection()
-                return
-            conn = self._conn
-
     def pause_reading(self) -> None:
         """
         Stop handing events on. The transport is paused only if bytes
@@ -380,30 +392,48 @@ class ReverseProxy(Protocol):
         if self._paused:
             self._paused = False
             self.transport.resumeProducing()
-        self._process()
+        self._body_in()
 
     # -- answering --------------------------------------------------------------
 
-    def send(self, event: Any) -> None:
-        assert self._conn is not None
-        pieces = as_bytes(self._conn.send_with_data_passthrough(event))
+    def _write(self, data: bytes) -> None:
+        if data:
+            self.bytes_out += len(data)
+            self.transport.write(data)
+
+    def send_informational(self, status: int, reason: bytes, headers: Headers) -> None:
+        """A 1xx response (100 Continue, 101 Switching Protocols), before the final one."""
+        self._write(Framing.informational(status, reason, headers).head)
+
+    def send_response(self, status: int, reason: bytes, headers: Headers) -> None:
+        """The final response's head; its body follows with L{send_data} and L{send_end}."""
+        assert self._request is not None
+        self._framing = framing = frame_response(self._request, status, reason, headers)
+        self._write(framing.head)
+
+    def send_data(self, data: bytes) -> None:
+        assert self._framing is not None
+        pieces = self._framing.data(data)
         if pieces:
             self.bytes_out += sum(len(p) for p in pieces)
             self.transport.writeSequence(pieces)
 
+    def send_end(self, trailers: Headers) -> None:
+        assert self._framing is not None
+        self._write(self._framing.end(trailers))
+        self._response_done = True
+
     def answer(self, status: int) -> None:
-        """Answer with a minimal page and close (the request is not read on)."""
-        headers, body = _minimal_page(status)
-        conn = self._conn
-        if conn is not None and conn.our_state is h11.SEND_RESPONSE:
-            self.send(h11.Response(status_code=status, headers=headers, reason=_PHRASES.get(status, b"")))
-            self.send(h11.Data(data=body))
-            self.send(h11.EndOfMessage())
-        elif conn is None or conn.our_state in (h11.IDLE,):
+        """
+        Answer with a minimal page, unless a response has begun, and close
+        (the request is not read on).
+        """
+        if self._framing is None:
+            headers, body = _minimal_page(status)
             head = b"HTTP/1.1 %d %s\r\n" % (status, _PHRASES.get(status, b"Error"))
-            raw = head + b"".join(n + b": " + v + b"\r\n" for n, v in headers) + b"\r\n" + body
-            self.bytes_out += len(raw)
-            self.transport.write(raw)
+            if self._request is not None and self._request.method == b"HEAD":
+                body = b""
+            self._write(head + b"".join(n + b": " + v + b"\r\n" for n, v in headers) + b"\r\n" + body)
         self._closing = True
         self.transport.loseConnection()
 
@@ -427,16 +457,11 @@ class ReverseProxy(Protocol):
         service.logs.write("security", esplog.denied_line(service.now(), self.local, self.client, what, value, reason))
         self.answer(403)
 
-    def _bad_framing(self, e: h11.RemoteProtocolError) -> None:
-        # h11 shows the bytes it choked on as a bytearray repr: keep the bytes.
-        reason = _BYTES_REPR.sub(lambda m: m.group(1), str(e))
-        self._refuse(e.error_status_hint if e.error_status_hint in _PHRASES else 400, f"malformed request: {reason}")
-
     def _head_timeout(self) -> None:
         self._head_timer = None
         if self._closing or self._exchange is not None:
             return
-        if not self._buffer and self._conn is None and self._identified:
+        if not self._buffer and self._request is None and self._identified:
             # A kept-alive connection with no request yet: idle_timeout rules.
             return
         if not self._identified:
@@ -459,12 +484,10 @@ class ReverseProxy(Protocol):
 
     # -- requests -------------------------------------------------------------
 
-    def _request(self, request: h11.Request) -> None:
+    def _request_in(self, request: RequestHead) -> None:
         service = self.service
         service.requests += 1
-        # Listed once: h11's Headers iterates as a Sequence ABC, an item
-        # lookup per pair, and a request's headers are read several times.
-        headers = list(request.headers)
+        headers = request.headers
         host = _header(headers, b"host")
         if service.hosts.match(host) is None:
             shown = host.decode("latin-1") if host is not None else "(none)"
@@ -485,9 +508,10 @@ class ReverseProxy(Protocol):
             return
         exchange = _Exchange(self, request, headers, target, backend, set_cookie)
         self._exchange = exchange
-        if exchange.chunked:
-            self._chunks = ChunkedChecker()
-        exchange.begin()
+        if self._request_ended:
+            exchange.client_end([])
+        else:
+            exchange.begin()
 
     def _choose(self, headers: list[tuple[bytes, bytes]]) -> tuple[Backend | None, bytes | None]:
         """The real server for a request with C{headers} and the cookie to set, if any."""
@@ -535,31 +559,34 @@ class ReverseProxy(Protocol):
 
     def exchange_done(self, keep_alive: bool) -> None:
         self._exchange = None
-        conn = self._conn
-        if self._closing or conn is None:
+        if self._closing or self._request is None:
             return
-        if keep_alive and conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-            rest = conn.trailing_data[0]
-            self._conn = None
+        framing = self._framing
+        if keep_alive and self._request_ended and self._response_done and framing is not None and not framing.close:
+            rest = bytes(self._pending)
+            self._pending.clear()
+            self._request = None
+            self._framing = None
+            self._chunks = None
             self._reading = True
             if self._paused:
                 self._paused = False
                 self.transport.resumeProducing()
             if rest:
-                self._head_in(bytes(rest))
+                self._head_in(rest)
         else:
             self._closing = True
             self.transport.loseConnection()
 
     def switch_to_tunnel(self, upstream: Upstream) -> None:
         """After a 101 answer: bytes go across untouched from now on."""
-        assert self._conn is not None
-        rest = self._conn.trailing_data[0]
+        rest = bytes(self._pending)
+        self._pending.clear()
         self._exchange = None
-        self._conn = None
+        self._request = None
         self._tunnel = upstream
         if rest:
-            upstream.transport.write(bytes(rest))
+            upstream.transport.write(rest)
         self._reading = True
         if self._paused:
             self._paused = False
@@ -614,7 +641,7 @@ class _Exchange:
     def __init__(
         self,
         proxy: ReverseProxy,
-        request: h11.Request,
+        request: RequestHead,
         headers: list[tuple[bytes, bytes]],
         target: bytes,
         backend: Backend,
@@ -632,6 +659,7 @@ class _Exchange:
         self._started = False
         self._early: list[bytes] = []
         self._request_done = False
+        self._trailers: Headers = []
         self._response_started = False
         self._upstream_eof = False
         self._finished = False
@@ -691,8 +719,8 @@ class _Exchange:
         headers = upstream_request_headers(
             self._headers, proxy.client_ip, proxy.service.proto, self._upgrade, chunked=self.chunked
         )
-        # _parsed: the client's headers passed check_head and h11's parser,
-        # and the ones added above are built from the proxy's own values, so
+        # _parsed: the client's headers passed check_head (token names, no
+        # control characters but HTAB in values), and the ones added above are built from the proxy's own values, so
         # h11's field regexes need not run over them again (it still checks
         # the method, the target and the framing headers).
         self._write_upstream(
@@ -707,7 +735,7 @@ class _Exchange:
         if self._finished:
             return
         if self._request_done:
-            self._write_upstream(_END)
+            self._write_upstream(self._end())
         else:
             proxy.resume_reading()
 
@@ -746,8 +774,9 @@ class _Exchange:
         else:
             self._write_upstream(h11.Data(data=data))
 
-    def client_end(self, end: h11.EndOfMessage) -> None:
+    def client_end(self, trailers: Headers) -> None:
         self._request_done = True
+        self._trailers = trailers
         if self._body_watch is not None:
             self._body_watch.stop()
             self._body_watch = None
@@ -756,7 +785,12 @@ class _Exchange:
             return
         self._proxy.pause_reading()
         if self._upstream is not None:
-            self._write_upstream(end)
+            self._write_upstream(self._end())
+
+    def _end(self) -> h11.EndOfMessage:
+        """The request's end, with the trailer fields of a chunked body."""
+        # _END unless there are trailers: an EndOfMessage with fields checks them again.
+        return h11.EndOfMessage(headers=self._trailers) if self._trailers else _END
 
     def client_lost(self, reason: Failure | None) -> None:
         if self._finished:
@@ -877,15 +911,11 @@ class _Exchange:
                         self._fail(502, "real server switched protocols without being asked")
                         return
                     self._status = 101
-                    proxy.send(
-                        h11.InformationalResponse(
-                            status_code=101,
-                            headers=downstream_response_headers(list(event.headers), None, None, True),
-                            reason=event.reason,
-                        )
+                    proxy.send_informational(
+                        101, event.reason, downstream_response_headers(list(event.headers), None, None, True)
                     )
                     continue
-                proxy.send(event)
+                proxy.send_informational(event.status_code, event.reason, list(event.headers))
             elif type(event) is h11.Response:
                 self._response_started = True
                 self._status = event.status_code
@@ -893,23 +923,16 @@ class _Exchange:
                     proxy.pin_auth = True
                 headers = list(event.headers)
                 rewrite = self._rewriter(headers)
-                # _parsed: h11 read and checked these headers from the real
-                # server; what is added (Set-Cookie, a Location made of the
-                # client's checked Host and the server's checked value) is
-                # valid by construction, so they are not run through h11's
-                # field regexes a second time.
-                proxy.send(
-                    h11.Response(
-                        status_code=event.status_code,
-                        headers=downstream_response_headers(headers, rewrite, self._set_cookie, False),
-                        reason=event.reason,
-                        _parsed=True,
-                    )
+                proxy.send_response(
+                    event.status_code,
+                    event.reason,
+                    downstream_response_headers(headers, rewrite, self._set_cookie, False),
                 )
             elif type(event) is h11.Data:
-                proxy.send(event)
+                data = event.data
+                proxy.send_data(data if type(data) is bytes else bytes(data))
             elif type(event) is h11.EndOfMessage:
-                proxy.send(event)
+                proxy.send_end(list(event.headers))
                 self._finish()
                 return
             elif type(event) is h11.ConnectionClosed:

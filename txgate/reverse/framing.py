@@ -1,24 +1,38 @@
 # -*- test-case-name: tests.reverse.test_framing -*-
 """
-Strict request heads and chunked bodies for reverse mode, checked before h11
-reads them.
+The client side of reverse mode's HTTP/1.1: strict request heads and
+chunked bodies, and how a response is framed back.
 
-h11 is lenient where leniency lets a request be read two ways: it accepts a
-bare LF as a line end, unfolds obs-fold lines, merges repeated identical
-Content-Length fields and lets Transfer-Encoding win over Content-Length.
-A proxy that reads a head one way in front of a real server that reads it
-another is how requests are smuggled, so the reverse proxy refuses every such
-head with a 400 and the reason goes to the security log. Chunked bodies get
-the same treatment from L{ChunkedChecker}, which the glue feeds each body byte
-before h11 sees it.
+Parsers are lenient where leniency lets a request be read two ways (h11,
+for one, accepts a bare LF as a line end, unfolds obs-fold lines, merges
+repeated identical Content-Length fields and lets Transfer-Encoding win over
+Content-Length). A proxy that reads a head one way in front of a real
+server that reads it another is how requests are smuggled, so the reverse
+proxy reads client requests only with L{check_head} and L{ChunkedChecker},
+refuses every such head or body with a 400, and the reason goes to the
+security log. Responses from real servers are read by h11 and framed for
+the client by L{frame_response}.
 """
 
 from __future__ import annotations
 
 import re
 
+import attrs
+
+from txgate.http.proxying import Headers
+
 __all__ = [
-    "BadHead", "ChunkedChecker", "check_head", "head_end", "head_start", "MAX_CHUNK_SIZE", "MAX_EMPTY_LINES",
+    "BadHead",
+    "ChunkedChecker",
+    "Framing",
+    "MAX_CHUNK_SIZE",
+    "MAX_EMPTY_LINES",
+    "RequestHead",
+    "check_head",
+    "frame_response",
+    "head_end",
+    "head_start",
 ]
 
 
@@ -106,9 +120,34 @@ def _field_error(line: bytes, what: str = "header") -> BadHead:
     return BadHead(400, f"{what} name is not a token")
 
 
-def check_head(head: bytes | bytearray) -> None:
+@attrs.frozen
+class RequestHead:
+    """A request head L{check_head} accepted, as the proxy reads it."""
+
+    method: bytes
+    target: bytes
+    http_version: bytes
+    """C{b"1.0"} or C{b"1.1"}."""
+    headers: Headers
+    """C{(name, value)} in order: lower-case names, values without surrounding whitespace."""
+    length: int | None
+    """Content-Length, or C{None} without one."""
+    chunked: bool
+    keep_alive: bool
+    """HTTP/1.1 without C{close} among the Connection tokens (HTTP/1.0 connections are not kept)."""
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.length)
+
+
+def _tokens(value: bytes) -> list[bytes]:
+    return [t.strip().lower() for t in value.split(b",")]
+
+
+def check_head(head: bytes | bytearray) -> RequestHead:
     """
-    Refuse a request head that h11 would read leniently.
+    Read a request head strictly, refusing whatever could be read two ways.
 
     @param head: a whole head as L{head_end} delimits it (C{buffer[:end]}),
         ending in the blank line; leading empty lines are skipped.
@@ -139,6 +178,9 @@ def check_head(head: bytes | bytearray) -> None:
         raise BadHead(505, "HTTP version not supported")
 
     lengths = encodings = hosts = 0
+    length: int | None = None
+    keep_alive = minor == b"1"
+    headers: Headers = []
     for index in range(1, len(lines)):
         line = lines[index]
         if line[:1] in (b" ", b"\t"):
@@ -146,26 +188,29 @@ def check_head(head: bytes | bytearray) -> None:
         field = _FIELD.fullmatch(line)
         if field is None:
             raise _field_error(line)
-        name = field.group(1).lower()
+        name, value = field.group(1).lower(), field.group(2)
+        headers.append((name, value))
         if name == b"content-length":
             lengths += 1
             if lengths > 1:
                 raise BadHead(400, "request smuggling: more than one Content-Length")
-            value = field.group(2)
             if b"," in value:
                 raise BadHead(400, "request smuggling: list in Content-Length")
             if _CONTENT_LENGTH.fullmatch(value) is None:
                 raise BadHead(400, "request smuggling: Content-Length is not 1-19 digits")
+            length = int(value)
         elif name == b"transfer-encoding":
             encodings += 1
             if encodings > 1:
                 raise BadHead(400, "request smuggling: more than one Transfer-Encoding")
-            if field.group(2).lower() != b"chunked":
+            if value.lower() != b"chunked":
                 raise BadHead(400, "request smuggling: Transfer-Encoding other than chunked")
         elif name == b"host":
             hosts += 1
             if hosts > 1:
                 raise BadHead(400, "more than one Host header")
+        elif name == b"connection" and b"close" in _tokens(value):
+            keep_alive = False
 
     if lengths and encodings:
         raise BadHead(400, "request smuggling: both Content-Length and Transfer-Encoding")
@@ -174,6 +219,15 @@ def check_head(head: bytes | bytearray) -> None:
         raise BadHead(400, "request smuggling: Transfer-Encoding in an HTTP/1.0 request")
     if minor == b"1" and not hosts:
         raise BadHead(400, "HTTP/1.1 request without Host")
+    return RequestHead(
+        method=request.group(1),
+        target=request.group(2),
+        http_version=b"1." + minor,
+        headers=headers,
+        length=length,
+        chunked=bool(encodings),
+        keep_alive=keep_alive,
+    )
 
 
 MAX_CHUNK_SIZE = 2**63 - 1
@@ -252,14 +306,18 @@ class ChunkedChecker:
         self._line = bytearray()
         self._trailer_size = 0
         self._error: BadHead | None = None
+        self.trailers: Headers = []
+        """The trailer fields read so far: lower-case names, values without surrounding whitespace."""
 
-    def feed(self, data: bytes | bytearray | memoryview) -> int | None:
+    def feed(self, data: bytes | bytearray | memoryview, out: list[bytes] | None = None) -> int | None:
         """
         Check the next bytes of the body. Returns None while the body goes on; once the body's
         last byte (the CRLF after the last-chunk and any trailer fields) is in `data`, returns how many
         bytes of `data` belonged to the body (the rest is the next request). Raises BadHead(400, reason)
         at the first violation. Never called again after it returned a number.
 
+        @param out: a list the chunk data in C{data} is appended to (the
+            body decoded), in pieces as they lie in C{data}.
         @raise RuntimeError: when called after it returned a number, a bug in
             the caller.
         """
@@ -271,13 +329,13 @@ class ChunkedChecker:
         if isinstance(data, memoryview):
             data = data.tobytes()
         try:
-            return self._feed(data)
+            return self._feed(data, out)
         except BadHead as e:
             self._state = _FAILED
             self._error = e
             raise
 
-    def _feed(self, data: bytes | bytearray) -> int | None:
+    def _feed(self, data: bytes | bytearray, out: list[bytes] | None) -> int | None:
         pos = 0
         end = len(data)
         state = self._state
@@ -285,9 +343,13 @@ class ChunkedChecker:
             if state == _DATA:
                 remaining = self._remaining
                 if end - pos < remaining:
+                    if out is not None:
+                        out.append(data[pos:end])
                     self._remaining = remaining - (end - pos)
                     self._state = _DATA
                     return None
+                if out is not None:
+                    out.append(data[pos : pos + remaining])
                 pos += remaining
                 self._remaining = 0
                 if data[pos : pos + 2] == b"\r\n":
@@ -329,7 +391,7 @@ class ChunkedChecker:
                 if not line:
                     self._state = _DONE
                     return pos
-                _check_trailer(line)
+                self.trailers.append(_trailer_field(line))
         self._state = state
         return None
 
@@ -404,9 +466,10 @@ class ChunkedChecker:
         return size
 
 
-def _check_trailer(line: bytes) -> None:
+def _trailer_field(line: bytes) -> tuple[bytes, bytes]:
     """
-    Refuse a trailer field line (CRLF stripped) that is not C{token ":" value}.
+    A trailer field line (CRLF stripped) as C{(name, value)}, refused
+    unless it is C{token ":" value}.
     """
     if line[:1] in (b" ", b"\t"):
         raise BadHead(400, "obs-fold (line folding) in chunked trailer")
@@ -416,5 +479,84 @@ def _check_trailer(line: bytes) -> None:
     control = _CTL.search(field.group(2))
     if control is not None:
         raise BadHead(400, f"control character 0x{control.group()[0]:02X} in chunked trailer")
-    if field.group(1).lower() in _FRAMING_FIELDS:
+    name = field.group(1).lower()
+    if name in _FRAMING_FIELDS:
         raise BadHead(400, "request smuggling: framing field in chunked trailer")
+    return name, field.group(2).strip(b" \t")
+
+
+def _head(status: int, reason: bytes, headers: Headers) -> bytes:
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+    lines.extend(name + b": " + value + b"\r\n" for name, value in headers)
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+@attrs.frozen
+class Framing:
+    """
+    A response on its way to the client: its head, and how its body is
+    framed (L{data}, L{end}).
+    """
+
+    head: bytes
+    body: bool
+    """Whether a body follows the head (not for HEAD, 1xx, 204, 304)."""
+    chunked: bool
+    """The proxy chunks the body: the real server's length was not known (it chunked, or closed)."""
+    close: bool
+    """The client's connection closes after this response."""
+
+    @classmethod
+    def informational(cls, status: int, reason: bytes, headers: Headers) -> "Framing":
+        """A 1xx response: a head alone, and the exchange goes on."""
+        return cls(_head(status, reason, headers), body=False, chunked=False, close=False)
+
+    def data(self, data: bytes) -> list[bytes]:
+        """The bytes that carry C{data}, a piece of the body."""
+        if not data or not self.body:
+            return []
+        if self.chunked:
+            return [b"%x\r\n" % len(data), data, b"\r\n"]
+        return [data]
+
+    def end(self, trailers: Headers) -> bytes:
+        """The bytes that end the body (a chunked one's last chunk and trailer fields)."""
+        if not (self.body and self.chunked):
+            return b""
+        return b"0\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in trailers) + b"\r\n"
+
+
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+def frame_response(request: RequestHead, status: int, reason: bytes, headers: Headers) -> Framing:
+    """
+    Frame a final response to C{request} for the client.
+
+    C{headers} are the real server's without hop-by-hop fields. A body of
+    known length keeps its Content-Length and passes as it comes; one of
+    unknown length (the real server chunked it, or ends it by closing) is
+    chunked for an HTTP/1.1 client and ends with the connection for an
+    HTTP/1.0 one. HEAD, 204 and 304 responses have no body, and their
+    headers are those a GET would get (RFC 9110 section 9.3.2). The
+    connection closes after the response when the request asked for it, was
+    HTTP/1.0, or nothing else can end the body; it is then said with
+    C{Connection: close}. The fields the proxy adds are spelt as h11 spells
+    them, so clients see what they saw when h11 framed responses.
+    """
+    body = status not in _NO_BODY_STATUSES and request.method != b"HEAD"
+    names = [name for name, _ in headers]
+    chunked = close = False
+    if status not in _NO_BODY_STATUSES and (b"transfer-encoding" in names or b"content-length" not in names):
+        headers = [(n, v) for n, v in headers if n != b"content-length" and n != b"transfer-encoding"]
+        if request.http_version == b"1.1":
+            headers.append((b"Transfer-Encoding", b"chunked"))
+            chunked = True
+        elif body:
+            close = True
+    if close or not request.keep_alive:
+        close = True
+        headers = [(n, v) for n, v in headers if n != b"connection"]
+        headers.append((b"Connection", b"close"))
+    return Framing(_head(status, reason, headers), body=body, chunked=chunked, close=close)
