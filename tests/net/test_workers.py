@@ -51,7 +51,10 @@ class BindAndAdoptTests(TestCase):
         copy = Adopted(os.dup(adopted.fd), adopted.family, adopted.haproxy)
         adopter = await listen(reactor, "ignored", Factory.forProtocol(_Hello), copy)
         self.addCleanup(adopter.stopListening)
-        os.close(copy.fd)  # adoptStreamPort duplicated it
+        # adoptStreamPort listens on a duplicate, and listen closed the copy
+        # handed down, so that stopping listening releases the socket.
+        with self.assertRaises(OSError):
+            os.fstat(copy.fd)
         address = port.getHost()
         data = await _read_all(address.host, address.port)
         self.assertEqual(data, b"hello from the adopter")

@@ -7,6 +7,7 @@ adopt the sockets, so they share one accept queue.
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
 
@@ -70,7 +71,12 @@ class _AdoptedEndpoint:
         self._adopted = adopted
 
     def listen(self, factory: Any) -> Deferred[Any]:
-        return succeed(self._reactor.adoptStreamPort(self._adopted.fd, self._adopted.family, factory))
+        port = self._reactor.adoptStreamPort(self._adopted.fd, self._adopted.family, factory)
+        # The port listens on a duplicate: without the inherited descriptor
+        # closed, a worker that stops listening (to drain) would still hold
+        # the socket open, and new clients would queue instead of being refused.
+        os.close(self._adopted.fd)
+        return succeed(port)
 
 
 class _Nothing(Factory):
@@ -98,6 +104,11 @@ def bind(reactor: Any, description: str) -> Deferred[tuple[Any, Adopted]]:
 
     def bound(port: Any) -> tuple[Any, Adopted]:
         port.stopReading()
+        # The socket is the workers' too: when this process closes its copy
+        # (stopService), Twisted must not shut it down under them, or a worker
+        # not yet told to stop gets EINVAL from accept(). It closes for good
+        # once every worker has stopped listening.
+        port._shouldShutdown = False
         return port, Adopted(port.fileno(), _family(port.getHost()), haproxy)
 
     return d.addCallback(bound)
