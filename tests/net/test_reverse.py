@@ -31,6 +31,7 @@ from twisted.internet.ssl import CertificateOptions
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
@@ -121,7 +122,15 @@ class _Seen:
         return [bytes(v) for n, v in self.headers if n == name]
 
 
-Handler = Callable[[_Seen], "tuple[int, list[tuple[bytes, bytes]], bytes] | None"]
+@attrs.frozen
+class _Raw:
+    """An answer written as these exact bytes (then the connection closes, with C{close})."""
+
+    data: bytes
+    close: bool = False
+
+
+Handler = Callable[[_Seen], "tuple[int, list[tuple[bytes, bytes]], bytes] | _Raw | None"]
 
 
 class _BackendConn(Protocol):
@@ -175,6 +184,13 @@ class _BackendConn(Protocol):
         answer = self.factory.handler(seen)
         if answer is None:
             self.transport.loseConnection()
+            return False
+        if isinstance(answer, _Raw):
+            self.transport.write(answer.data)
+            if answer.close:
+                self.transport.loseConnection()
+                return False
+            self.h11 = h11.Connection(h11.SERVER)  # h11 did not see the answer: start afresh
             return False
         status, headers, body = answer
         if status == 101:
@@ -972,6 +988,78 @@ class ResponseFramingTests(_ReverseCase):
             self.assertTrue(c.closed())
 
         return self.in_thread(body)
+
+
+class RealServerResponseTests(_ReverseCase):
+    """What txgate does with responses it cannot read for certain, or whose end a close makes."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def logged(self) -> str:
+        return "\n".join(formatEvent(e) for e in self.events)
+
+    def test_malformed(self):
+        """A malformed head gets the client a 502, and the reason goes to the log."""
+        _, port = self.simple(lambda seen: _Raw(b"HTTP/1.1 200 OK\r\nX-A: a\r\n folded\r\nContent-Length: 0\r\n\r\n"))
+
+        def body() -> None:
+            c = self.client(port)
+            c.send(_get("/"))
+            r = c.final()
+            self.assertEqual((r.status, r.body), (502, _MINIMAL[502]))
+
+        def check(_: Any) -> None:
+            self.assertIn("malformed response from real server 127.0.0.1:", self.logged())
+            self.assertIn("obs-fold (line folding) in response header", self.logged())
+
+        return self.in_thread(body).addCallback(check)
+
+    def test_bytes_after_the_end(self):
+        """A response followed by stray bytes is forwarded, and its connection is not used again."""
+        backend, port = self.simple(lambda seen: _Raw(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiHTTP/1.1 200 OK\r\n"))
+
+        def body() -> None:
+            c = self.client(port)
+            for path in ("/one", "/two"):
+                c.send(_get(path))
+                self.assertEqual(c.final().body, b"hi")
+            self.assertEqual(len(backend.connections), 2)
+
+        return self.in_thread(body)
+
+    def test_ended_by_close(self):
+        """A body the real server ends by closing reaches an HTTP/1.1 client chunked, and the client's connection stays."""
+        backend, port = self.simple(lambda seen: _Raw(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end", close=True))
+
+        def body() -> None:
+            c = self.client(port)
+            c.send(_get("/one"))
+            r = c.final()
+            self.assertEqual((r.body, r.header(b"transfer-encoding")), (b"until the end", b"chunked"))
+            c.send(_get("/two"))
+            self.assertEqual(c.final().body, b"until the end")
+            self.assertEqual(len(backend.connections), 2)
+
+        return self.in_thread(body)
+
+    def test_cut_short(self):
+        """A body cut short by the real server cuts the client's connection: it cannot be told otherwise."""
+        _, port = self.simple(lambda seen: _Raw(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this", close=True))
+
+        def body() -> None:
+            c = self.client(port)
+            c.send(_get("/"))
+            with self.assertRaises(_Closed):  # whatever part arrived, never a whole response
+                c.final()
+
+        def check(_: Any) -> None:
+            self.assertIn("closed the connection mid-response", self.logged())
+
+        return self.in_thread(body).addCallback(check)
 
 
 _MINIMAL = {400: b"400 Bad Request\n", 403: b"403 Forbidden\n", 502: b"502 Bad Gateway\n", 503: b"503 Service Unavailable\n"}

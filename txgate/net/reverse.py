@@ -10,7 +10,7 @@ The decisions are the pure cores in L{txgate.reverse}; this module moves
 bytes between them and keeps the books (ESP logs, counters). Client
 requests are read once, strictly, by L{check_head} and L{ChunkedChecker},
 and responses framed for the client by L{frame_response}; real servers'
-responses are read by h11.
+responses are read by L{txgate.reverse.responses}.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime
 from typing import Any, Callable, TextIO
 
-import h11
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
@@ -28,7 +27,7 @@ from zope.interface import implementer
 
 from txgate import metrics
 from txgate.config import VirtualServiceConfig
-from txgate.http.proxying import RETRYABLE, as_bytes, connection_auth
+from txgate.http.proxying import RETRYABLE, connection_auth
 from txgate.net.idle import IdleWatch
 from txgate.net.realservers import Backend
 from txgate.net.upstream import Upstream, describe_connect_failure, no_delay
@@ -54,12 +53,11 @@ from txgate.reverse.headers import (
     user_of,
     wants_upgrade,
 )
+from txgate.reverse.responses import BadResponse, BodyReader, parse_response_head, response_head_end
 from txgate.reverse.persistence import CookiePersistence, CookieSigner, NoPersistence, SourceIPPersistence
 from txgate.reverse.proxyv2 import proxy_v2_header
 
 __all__ = ["EspLogs", "VirtualService", "ReverseProxyFactory"]
-
-_END = h11.EndOfMessage()
 
 _PHRASES = {
     400: b"Bad Request",
@@ -660,6 +658,11 @@ class _Exchange:
         self._early: list[bytes] = []
         self._request_done = False
         self._trailers: Headers = []
+        self._out: Framing | None = None
+        """How the request goes to the real server, once connected."""
+        self._inbox = bytearray()
+        """Response head bytes from the real server, until a head is whole."""
+        self._body: BodyReader | None = None
         self._response_started = False
         self._upstream_eof = False
         self._finished = False
@@ -712,31 +715,29 @@ class _Exchange:
             return
         self._upstream = upstream
         self._reused = reused
-        if upstream.h11 is None:
-            upstream.h11 = h11.Connection(h11.CLIENT)
+        self._inbox = bytearray()
+        self._body = None
         proxy = self._proxy
-        request = self._request
         headers = upstream_request_headers(
             self._headers, proxy.client_ip, proxy.service.proto, self._upgrade, chunked=self.chunked
         )
-        # _parsed: the client's headers passed check_head (token names, no
-        # control characters but HTAB in values), and the ones added above are built from the proxy's own values, so
-        # h11's field regexes need not run over them again (it still checks
-        # the method, the target and the framing headers).
-        self._write_upstream(
-            h11.Request(method=request.method, target=self._target, headers=headers, _parsed=True)
-        )
+        # The client's fields passed check_head (token names, no control
+        # characters but HTAB in values) and the proxy's own are built from
+        # checked values, so the head is written as is.
+        out = self._out = Framing.request(self._request.method, self._target, headers, self.chunked)
+        pieces = [out.head]
         for data in self._early:
-            self._write_upstream(h11.Data(data=data))
+            pieces += out.data(data)
         self._early = []
+        if self._request_done:
+            pieces.append(out.end(self._trailers))
+        upstream.transport.writeSequence(pieces)
         if self._has_body or self._upgrade:
             self._register()
         upstream.attach(self)
         if self._finished:
             return
-        if self._request_done:
-            self._write_upstream(self._end())
-        else:
+        if not self._request_done:
             proxy.resume_reading()
 
     def _register(self) -> None:
@@ -755,11 +756,10 @@ class _Exchange:
         client.registerProducer(server, True)
         self._registered = True
 
-    def _write_upstream(self, event: Any) -> None:
+    def _write_upstream(self, data: bytes) -> None:
         assert self._upstream is not None
-        pieces = as_bytes(self._upstream.h11.send_with_data_passthrough(event))
-        if pieces:
-            self._upstream.transport.writeSequence(pieces)
+        if data:
+            self._upstream.transport.write(data)
 
     # -- client side ------------------------------------------------------------
 
@@ -772,7 +772,10 @@ class _Exchange:
         elif self._upstream is None:
             self._early.append(bytes(data))
         else:
-            self._write_upstream(h11.Data(data=data))
+            assert self._out is not None
+            pieces = self._out.data(data)
+            if pieces:
+                self._upstream.transport.writeSequence(pieces)
 
     def client_end(self, trailers: Headers) -> None:
         self._request_done = True
@@ -785,12 +788,8 @@ class _Exchange:
             return
         self._proxy.pause_reading()
         if self._upstream is not None:
-            self._write_upstream(self._end())
-
-    def _end(self) -> h11.EndOfMessage:
-        """The request's end, with the trailer fields of a chunked body."""
-        # _END unless there are trailers: an EndOfMessage with fields checks them again.
-        return h11.EndOfMessage(headers=self._trailers) if self._trailers else _END
+            assert self._out is not None
+            self._write_upstream(self._out.end(trailers))
 
     def client_lost(self, reason: Failure | None) -> None:
         if self._finished:
@@ -824,9 +823,13 @@ class _Exchange:
             proxy.bytes_out += len(data)
             proxy.transport.write(data)
             return
-        assert self._upstream is not None
-        self._upstream.h11.receive_data(data)
-        self._pump()
+        if self._finished:
+            return
+        if self._body is None:
+            self._inbox += data
+            self._heads()
+        else:
+            self._body_in(data)
 
     def upstream_eof(self) -> None:
         if self._proxy._tunnel is not None:
@@ -845,10 +848,13 @@ class _Exchange:
             self._upstream_closed(reason)
 
     def _read_eof(self) -> None:
+        """The real server closed: the end of a body that ends that way."""
         if not self._upstream_eof and self._upstream is not None:
             self._upstream_eof = True
-            self._upstream.h11.receive_data(b"")
-            self._pump()
+            body = self._body
+            if body is not None and not self._finished and body.eof():
+                self._proxy.send_end(body.trailers)
+                self._finish()
 
     def _upstream_closed(self, reason: Failure | None) -> None:
         upstream = self._upstream
@@ -878,65 +884,86 @@ class _Exchange:
             return
         self._abort(f"real server {key} closed the connection mid-response ({detail})")
 
-    def _pump(self) -> None:
-        upstream = self._upstream
-        assert upstream is not None
+    def _heads(self) -> None:
+        """Read response heads from the real server: 1xx ones, then the final one."""
         proxy = self._proxy
-        while not self._finished:
+        while self._body is None and not self._finished:
+            inbox = self._inbox
             try:
-                event = upstream.h11.next_event()
-            except h11.RemoteProtocolError as e:
-                if self._upstream_eof:
-                    return  # _upstream_closed decides
-                if self._response_started:
-                    self._abort(f"malformed response from real server {self._backend.state.key}: {e}")
-                else:
-                    self._unregister()
-                    upstream.transport.loseConnection()
-                    self._fail(502, f"malformed response from real server {self._backend.state.key}: {e}")
+                end = response_head_end(inbox)
+                if end is None:
+                    if not self._registered:
+                        self._register()
+                    return
+                head = parse_response_head(bytes(inbox[:end]))
+            except BadResponse as e:
+                self._bad_response(str(e))
                 return
-            if event is h11.NEED_DATA:
-                if not self._registered:
-                    self._register()
+            rest = bytes(inbox[end:])
+            inbox.clear()
+            if head.status == 101:
+                if not self._upgrade:
+                    self._bad_response("real server switched protocols without being asked", prefix=False)
+                    return
+                self._status = 101
+                proxy.send_informational(101, head.reason, downstream_response_headers(head.headers, None, None, True))
+                self._switched(rest)
                 return
-            if event is h11.PAUSED:
-                if upstream.h11.their_state is h11.SWITCHED_PROTOCOL:
-                    self._switched(upstream)
+            if head.status < 200:
+                proxy.send_informational(head.status, head.reason, head.headers)
+                inbox += rest
+                continue
+            try:
+                self._body = BodyReader(self._request.method, head)
+            except BadResponse as e:
+                self._bad_response(str(e))
                 return
-            if type(event) is h11.InformationalResponse:
-                if event.status_code == 101:
-                    if not self._upgrade:
-                        self._unregister()
-                        upstream.transport.loseConnection()
-                        self._fail(502, "real server switched protocols without being asked")
-                        return
-                    self._status = 101
-                    proxy.send_informational(
-                        101, event.reason, downstream_response_headers(list(event.headers), None, None, True)
-                    )
-                    continue
-                proxy.send_informational(event.status_code, event.reason, list(event.headers))
-            elif type(event) is h11.Response:
-                self._response_started = True
-                self._status = event.status_code
-                if connection_auth(self._headers, event.status_code, event.headers):
-                    proxy.pin_auth = True
-                headers = list(event.headers)
-                rewrite = self._rewriter(headers)
-                proxy.send_response(
-                    event.status_code,
-                    event.reason,
-                    downstream_response_headers(headers, rewrite, self._set_cookie, False),
-                )
-            elif type(event) is h11.Data:
-                data = event.data
-                proxy.send_data(data if type(data) is bytes else bytes(data))
-            elif type(event) is h11.EndOfMessage:
-                proxy.send_end(list(event.headers))
-                self._finish()
-                return
-            elif type(event) is h11.ConnectionClosed:
-                return
+            self._response_started = True
+            self._status = head.status
+            if connection_auth(self._headers, head.status, head.headers):
+                proxy.pin_auth = True
+            rewrite = self._rewriter(head.headers)
+            proxy.send_response(
+                head.status,
+                head.reason,
+                downstream_response_headers(head.headers, rewrite, self._set_cookie, False),
+            )
+            self._body_in(rest)
+
+    def _body_in(self, data: bytes) -> None:
+        """Bytes of the response body: on to the client, and the exchange ends with the body."""
+        body = self._body
+        assert body is not None
+        pieces: list[bytes] = []
+        try:
+            end = body.feed(data, pieces)
+        except BadResponse as e:
+            self._bad_response(str(e))
+            return
+        proxy = self._proxy
+        for piece in pieces:
+            proxy.send_data(piece)
+        if end is None:
+            if not self._registered:
+                self._register()
+            return
+        if end < len(data):
+            # Bytes after the response's end: the connection cannot be trusted with another request.
+            body.reusable = False
+        proxy.send_end(body.trailers)
+        self._finish()
+
+    def _bad_response(self, reason: str, prefix: bool = True) -> None:
+        """A response that cannot be forwarded: 502 before it began, a cut connection after."""
+        if prefix:
+            reason = f"malformed response from real server {self._backend.state.key}: {reason}"
+        if self._response_started:
+            self._abort(reason)
+            return
+        self._unregister()
+        assert self._upstream is not None
+        self._upstream.transport.loseConnection()
+        self._fail(502, reason)
 
     def _rewriter(self, headers: list[tuple[bytes, bytes]]) -> Callable[[bytes], bytes] | None:
         if not any(n == b"location" for n, _ in headers):
@@ -944,16 +971,16 @@ class _Exchange:
         host = _header(self._headers, b"host") or b""
         return location_rewriter(host, self._proxy.service.proto, self._proxy.service.internal)
 
-    def _switched(self, upstream: Upstream) -> None:
+    def _switched(self, rest: bytes) -> None:
         """Both sides agreed on 101: from here on, a tunnel."""
         self._user_log()
         self._done()
-        rest = upstream.h11.trailing_data[0]
         proxy = self._proxy
-        proxy.switch_to_tunnel(upstream)
+        assert self._upstream is not None
+        proxy.switch_to_tunnel(self._upstream)
         if rest:
             proxy.bytes_out += len(rest)
-            proxy.transport.write(bytes(rest))
+            proxy.transport.write(rest)
 
     # -- endings ----------------------------------------------------------------
 
@@ -1033,11 +1060,11 @@ class _Exchange:
         self._unregister()
         upstream = self._upstream
         assert upstream is not None
-        conn = upstream.h11
-        reusable = conn.our_state is h11.DONE and conn.their_state is h11.DONE and conn.trailing_data == (b"", False)
+        body = self._body
+        # The request must have been sent whole too: a real server may answer before it read the body.
+        reusable = body is not None and body.reusable and self._request_done
         proxy = self._proxy
         if reusable:
-            conn.start_next_cycle()
             if proxy.pin_auth or proxy.service.config.send_proxy:
                 proxy.keep_own(self._backend, upstream)
             else:

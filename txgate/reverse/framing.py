@@ -485,8 +485,8 @@ def _trailer_field(line: bytes) -> tuple[bytes, bytes]:
     return name, field.group(2).strip(b" \t")
 
 
-def _head(status: int, reason: bytes, headers: Headers) -> bytes:
-    lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+def _head(start_line: bytes, headers: Headers) -> bytes:
+    lines = [start_line]
     lines.extend(name + b": " + value + b"\r\n" for name, value in headers)
     lines.append(b"\r\n")
     return b"".join(lines)
@@ -495,22 +495,30 @@ def _head(status: int, reason: bytes, headers: Headers) -> bytes:
 @attrs.frozen
 class Framing:
     """
-    A response on its way to the client: its head, and how its body is
-    framed (L{data}, L{end}).
+    A message on its way out (a response to the client, a request to a
+    real server): its head, and how its body is framed (L{data}, L{end}).
     """
 
     head: bytes
     body: bool
-    """Whether a body follows the head (not for HEAD, 1xx, 204, 304)."""
+    """Whether a body may follow the head (not for HEAD, 1xx, 204, 304)."""
     chunked: bool
-    """The proxy chunks the body: the real server's length was not known (it chunked, or closed)."""
+    """The body goes chunked: a request's was, a response's length was not known (chunked, or ended by a close)."""
     close: bool
     """The client's connection closes after this response."""
 
     @classmethod
     def informational(cls, status: int, reason: bytes, headers: Headers) -> "Framing":
         """A 1xx response: a head alone, and the exchange goes on."""
-        return cls(_head(status, reason, headers), body=False, chunked=False, close=False)
+        return cls(_head(b"HTTP/1.1 %d %s\r\n" % (status, reason), headers), body=False, chunked=False, close=False)
+
+    @classmethod
+    def request(cls, method: bytes, target: bytes, headers: Headers, chunked: bool) -> "Framing":
+        """
+        A request for a real server: C{headers} carry its framing
+        (Content-Length, or Transfer-Encoding for a C{chunked} body).
+        """
+        return cls(_head(b"%s %s HTTP/1.1\r\n" % (method, target), headers), body=True, chunked=chunked, close=False)
 
     def data(self, data: bytes) -> list[bytes]:
         """The bytes that carry C{data}, a piece of the body."""
@@ -559,4 +567,4 @@ def frame_response(request: RequestHead, status: int, reason: bytes, headers: He
         close = True
         headers = [(n, v) for n, v in headers if n != b"connection"]
         headers.append((b"Connection", b"close"))
-    return Framing(_head(status, reason, headers), body=body, chunked=chunked, close=close)
+    return Framing(_head(b"HTTP/1.1 %d %s\r\n" % (status, reason), headers), body=body, chunked=chunked, close=close)

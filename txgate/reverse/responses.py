@@ -1,0 +1,188 @@
+# -*- test-case-name: tests.reverse.test_responses -*-
+"""
+Real servers' responses, read for the reverse proxy: the head, and where
+the body ends.
+
+Where a response ends decides what the next client on a pooled connection
+reads, so the reader is conservative: anything that could be read two ways
+is a L{BadResponse} (a 502, or a cut connection once the response has
+begun), and a response whose end is not certain leaves its connection out
+of the pool. Bodies pass as they come, decoded only from chunked coding.
+"""
+
+from __future__ import annotations
+
+import re
+
+import attrs
+
+from txgate.http.proxying import Headers
+from txgate.reverse.framing import BadHead, ChunkedChecker, head_end
+
+__all__ = ["BadResponse", "BodyReader", "MAX_RESPONSE_HEAD", "ResponseHead", "parse_response_head", "response_head_end"]
+
+MAX_RESPONSE_HEAD = 16384
+"""The most bytes a response head may take (h11's default, which this reader replaced)."""
+
+
+class BadResponse(Exception):
+    """A response the proxy cannot forward; C{str()} is the reason, for the log."""
+
+
+@attrs.frozen
+class ResponseHead:
+    """An informational or final response head."""
+
+    status: int
+    reason: bytes
+    http_version: bytes
+    headers: Headers
+    """C{(name, value)} in order: lower-case names, values without surrounding whitespace."""
+    keep_alive: bool
+    """HTTP/1.1 without C{close} among the Connection tokens."""
+
+
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
+_FIELD = re.compile(rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+):[ \t]*([\t\x20-\x7e\x80-\xff]*?)[ \t]*")
+_CONTENT_LENGTH = re.compile(rb"[0-9]{1,19}")
+
+
+def response_head_end(buffer: bytes | bytearray) -> int | None:
+    """
+    The index just past the blank line ending the response head in
+    C{buffer}, or C{None} while it is incomplete.
+
+    @raise BadResponse: no head within L{MAX_RESPONSE_HEAD} bytes.
+    """
+    try:
+        return head_end(buffer, MAX_RESPONSE_HEAD)
+    except BadHead:
+        raise BadResponse(f"response head larger than {MAX_RESPONSE_HEAD} bytes") from None
+
+
+def parse_response_head(head: bytes) -> ResponseHead:
+    """
+    Read a response head (as L{response_head_end} delimits it). Every line
+    ends in CRLF; obs-fold and control characters are refused.
+
+    @raise BadResponse: with the reason.
+    """
+    if head.count(b"\r") != head.count(b"\n") or head.count(b"\r\n") != head.count(b"\n"):
+        raise BadResponse("bare CR or LF in response head")
+    lines = head[: -4 if head.endswith(b"\r\n\r\n") else len(head)].split(b"\r\n")
+    status_line = _STATUS_LINE.fullmatch(lines[0])
+    if status_line is None:
+        raise BadResponse(f"malformed status line {lines[0][:80]!r}")
+    minor, status, reason = status_line.group(1), int(status_line.group(2)), status_line.group(3) or b""
+    if status < 100:
+        raise BadResponse(f"status {status} out of range")
+    keep_alive = minor == b"1"
+    headers: Headers = []
+    for line in lines[1:]:
+        field = _FIELD.fullmatch(line)
+        if field is None:
+            if line[:1] in (b" ", b"\t"):
+                raise BadResponse("obs-fold (line folding) in response header")
+            raise BadResponse(f"malformed response header line {line[:80]!r}")
+        name, value = field.group(1).lower(), field.group(2)
+        headers.append((name, value))
+        if name == b"connection" and b"close" in [t.strip().lower() for t in value.split(b",")]:
+            keep_alive = False
+    return ResponseHead(status, reason, b"1." + minor, headers, keep_alive)
+
+
+# Body framings (RFC 9112 section 6.3).
+_NONE, _LENGTH, _CHUNKED, _CLOSE = range(4)
+
+
+class BodyReader:
+    """
+    Where a final response's body ends, and its data.
+
+    L{feed} takes the bytes that follow the head as they arrive; the body
+    is its length, its chunked coding, or everything until the connection
+    closes (L{eof}).
+
+    @ivar reusable: whether the connection can carry another request once
+        the body has ended: HTTP/1.1 without C{Connection: close}, and a
+        body whose end the framing fixed.
+    @ivar trailers: a chunked body's trailer fields.
+    """
+
+    def __init__(self, request_method: bytes, head: ResponseHead) -> None:
+        self.reusable = head.keep_alive
+        self.trailers: Headers = []
+        self._left = 0
+        self._chunks: ChunkedChecker | None = None
+        self.ended = False
+        if head.status in (204, 304) or request_method == b"HEAD":
+            self._framing = _NONE
+            return
+        lengths: set[bytes] = set()
+        encodings: list[bytes] = []
+        for name, value in head.headers:
+            if name == b"content-length":
+                lengths.update(v.strip() for v in value.split(b","))
+            elif name == b"transfer-encoding":
+                encodings.extend(t.strip().lower() for t in value.split(b","))
+        if encodings:
+            if encodings != [b"chunked"]:
+                raise BadResponse(f"unsupported Transfer-Encoding {b', '.join(encodings)!r}")
+            if lengths:
+                # RFC 9112 section 6.3: chunked wins, and the connection is
+                # not kept, since the two headers disagree on the framing.
+                self.reusable = False
+            self._framing = _CHUNKED
+            self._chunks = ChunkedChecker()
+        elif lengths:
+            if len(lengths) != 1:
+                raise BadResponse("conflicting Content-Length values")
+            length = lengths.pop()
+            if _CONTENT_LENGTH.fullmatch(length) is None:
+                raise BadResponse(f"bad Content-Length {length[:40]!r}")
+            self._framing = _LENGTH
+            self._left = int(length)
+        else:
+            self._framing = _CLOSE
+            self.reusable = False
+
+    def feed(self, data: bytes, out: list[bytes]) -> int | None:
+        """
+        Read the next bytes after the head, appending the body data in them
+        to C{out}. Returns C{None} while the body goes on; once it has
+        ended, how many bytes of C{data} it took (the rest came after it).
+
+        @raise BadResponse: malformed chunked coding.
+        """
+        framing = self._framing
+        if framing == _LENGTH:
+            left = self._left
+            if len(data) < left:
+                out.append(data)
+                self._left = left - len(data)
+                return None
+            out.append(data if len(data) == left else data[:left])
+            self._left = 0
+            self.ended = True
+            return left
+        if framing == _CHUNKED:
+            assert self._chunks is not None
+            try:
+                end = self._chunks.feed(data, out)
+            except BadHead as e:
+                raise BadResponse(f"malformed chunked body: {e.reason}") from None
+            if end is not None:
+                self.trailers = self._chunks.trailers
+                self.ended = True
+            return end
+        if framing == _CLOSE:
+            out.append(data)
+            return None
+        self.ended = True
+        return 0
+
+    def eof(self) -> bool:
+        """The connection closed: whether that ended the body (else it was cut short)."""
+        if self._framing == _CLOSE:
+            self.ended = True
+        return self.ended
