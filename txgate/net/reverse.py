@@ -27,7 +27,7 @@ from zope.interface import implementer
 
 from txgate import metrics
 from txgate.config import VirtualServiceConfig
-from txgate.http.proxying import RETRYABLE, connection_auth
+from txgate.http.proxying import RETRYABLE, Headers, connection_auth
 from txgate.net.idle import IdleWatch
 from txgate.net.realservers import Backend
 from txgate.net.upstream import Upstream, describe_connect_failure, no_delay
@@ -38,7 +38,6 @@ from txgate.reverse.framing import (
     BadHead,
     ChunkedChecker,
     Framing,
-    Headers,
     RequestHead,
     check_head,
     frame_response,
@@ -53,9 +52,9 @@ from txgate.reverse.headers import (
     user_of,
     wants_upgrade,
 )
-from txgate.reverse.responses import BadResponse, BodyReader, parse_response_head, response_head_end
 from txgate.reverse.persistence import CookiePersistence, CookieSigner, NoPersistence, SourceIPPersistence
 from txgate.reverse.proxyv2 import proxy_v2_header
+from txgate.reverse.responses import BadResponse, BodyReader, parse_response_head, response_head_end
 
 __all__ = ["EspLogs", "VirtualService", "ReverseProxyFactory"]
 
