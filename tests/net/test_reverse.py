@@ -976,6 +976,20 @@ class ResponseFramingTests(_ReverseCase):
 
         return self.in_thread(body)
 
+    def test_head_refused(self):
+        """A refused HEAD request gets the refusal's head and no body."""
+        _, port = self.simple()
+
+        def body() -> None:
+            c = self.client(port)
+            c.send(b"HEAD / HTTP/1.1\r\nHost: evil.example.test\r\n\r\n")
+            head = c._until(b"\r\n\r\n")
+            self.assertTrue(head.startswith(b"HTTP/1.1 403 Forbidden\r\n"), head)
+            self.assertTrue(c.closed())
+            self.assertEqual(bytes(c.buf), b"")
+
+        return self.in_thread(body)
+
     def test_connection_close(self):
         """A request with C{Connection: close} gets its response, said to close, and the connection closes."""
         _, port = self.simple()

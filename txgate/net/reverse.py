@@ -42,6 +42,7 @@ from txgate.reverse.framing import (
     check_head,
     frame_response,
     head_end,
+    response_head,
 )
 from txgate.reverse.headers import (
     cookie_value,
@@ -427,10 +428,9 @@ class ReverseProxy(Protocol):
         """
         if self._framing is None:
             headers, body = _minimal_page(status)
-            head = b"HTTP/1.1 %d %s\r\n" % (status, _PHRASES.get(status, b"Error"))
             if self._request is not None and self._request.method == b"HEAD":
                 body = b""
-            self._write(head + b"".join(n + b": " + v + b"\r\n" for n, v in headers) + b"\r\n" + body)
+            self._write(response_head(status, _PHRASES.get(status, b"Error"), headers) + body)
         self._closing = True
         self.transport.loseConnection()
 

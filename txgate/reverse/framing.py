@@ -33,6 +33,7 @@ __all__ = [
     "frame_response",
     "head_end",
     "head_start",
+    "response_head",
 ]
 
 
@@ -492,6 +493,11 @@ def _head(start_line: bytes, headers: Headers) -> bytes:
     return b"".join(lines)
 
 
+def response_head(status: int, reason: bytes, headers: Headers) -> bytes:
+    """A response's status line and header section, as sent."""
+    return _head(b"HTTP/1.1 %d %s\r\n" % (status, reason), headers)
+
+
 @attrs.frozen
 class Framing:
     """
@@ -510,7 +516,7 @@ class Framing:
     @classmethod
     def informational(cls, status: int, reason: bytes, headers: Headers) -> "Framing":
         """A 1xx response: a head alone, and the exchange goes on."""
-        return cls(_head(b"HTTP/1.1 %d %s\r\n" % (status, reason), headers), body=False, chunked=False, close=False)
+        return cls(response_head(status, reason, headers), body=False, chunked=False, close=False)
 
     @classmethod
     def request(cls, method: bytes, target: bytes, headers: Headers, chunked: bool) -> "Framing":
@@ -567,4 +573,4 @@ def frame_response(request: RequestHead, status: int, reason: bytes, headers: He
         close = True
         headers = [(n, v) for n, v in headers if n != b"connection"]
         headers.append((b"Connection", b"close"))
-    return Framing(_head(b"HTTP/1.1 %d %s\r\n" % (status, reason), headers), body=body, chunked=chunked, close=close)
+    return Framing(response_head(status, reason, headers), body=body, chunked=chunked, close=close)
