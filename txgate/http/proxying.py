@@ -27,6 +27,7 @@ __all__ = [
     "error_page",
     "error_response",
     "auth_scheme_and_token",
+    "comma_tokens",
     "connection_auth",
     "VIA",
     "RETRYABLE",
@@ -197,11 +198,19 @@ def parse_host_header(value: bytes) -> str:
         raise PeerProtocolError("http", f"bad Host header {value!r}") from None
 
 
+def comma_tokens(value: bytes) -> list[bytes]:
+    """
+    The tokens of a comma-separated field value whose tokens are
+    case-insensitive (Connection, Transfer-Encoding, Upgrade), lower-cased.
+    """
+    return [t.strip().lower() for t in value.split(b",")]
+
+
 def _connection_tokens(headers: Headers) -> set[bytes]:
     tokens: set[bytes] = set()
     for name, value in headers:
         if name == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b","))
+            tokens.update(comma_tokens(value))
     return tokens
 
 

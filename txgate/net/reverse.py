@@ -503,7 +503,7 @@ class ReverseProxy(Protocol):
             self._log.warn("{service}: no real server is up", service=service.config.name)
             self.answer(503)
             return
-        exchange = _Exchange(self, request, headers, target, backend, set_cookie)
+        exchange = _Exchange(self, request, target, backend, set_cookie)
         self._exchange = exchange
         if self._request_ended:
             exchange.client_end([])
@@ -639,14 +639,13 @@ class _Exchange:
         self,
         proxy: ReverseProxy,
         request: RequestHead,
-        headers: list[tuple[bytes, bytes]],
         target: bytes,
         backend: Backend,
         set_cookie: bytes | None,
     ) -> None:
         self._proxy = proxy
         self._request = request
-        self._headers = headers
+        self._headers = headers = request.headers
         self._target = target
         self._backend = backend
         self._set_cookie = set_cookie
@@ -670,10 +669,10 @@ class _Exchange:
         self._status: int | None = None
         self._began = proxy.service.reactor.seconds()
         self._body_watch: IdleWatch | None = None
-        names = [n for n, _ in headers]
-        self.chunked = b"transfer-encoding" in names
-        self._has_body = self.chunked or b"content-length" in names
-        self._expects = b"expect" in names
+        self._chunked = request.chunked
+        # A Content-Length of 0 counts: such a request is not retried on a new connection.
+        self._has_body = request.chunked or request.length is not None
+        self._expects = any(n == b"expect" for n, _ in headers)
 
     def begin(self) -> None:
         """
@@ -684,7 +683,7 @@ class _Exchange:
         if self._has_body:
             config = self._proxy.service.config
             self._body_watch = IdleWatch(self._proxy.service.reactor, config.body_timeout, self._body_timed_out)
-        if not self.chunked or self._expects:
+        if not self._chunked or self._expects:
             self._start()
 
     def _start(self) -> None:
@@ -718,12 +717,12 @@ class _Exchange:
         self._body = None
         proxy = self._proxy
         headers = upstream_request_headers(
-            self._headers, proxy.client_ip, proxy.service.proto, self._upgrade, chunked=self.chunked
+            self._headers, proxy.client_ip, proxy.service.proto, self._upgrade, chunked=self._chunked
         )
         # The client's fields passed check_head (token names, no control
         # characters but HTAB in values) and the proxy's own are built from
         # checked values, so the head is written as is.
-        out = self._out = Framing.request(self._request.method, self._target, headers, self.chunked)
+        out = self._out = Framing.request(self._request.method, self._target, headers, self._chunked)
         pieces = [out.head]
         for data in self._early:
             pieces += out.data(data)

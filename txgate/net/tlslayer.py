@@ -26,7 +26,7 @@ def write_now(transport: Any, data: bytes) -> None:
     Twisted's TCP C{write} only queues: it registers the socket for
     writability (an C{epoll_ctl}), sends on the reactor's next turn, and
     unregisters it (another). For a proxy answering small requests that is
-    two system calls and a reactor turn per write, a tenth of the CPU of a
+    two system calls and a reactor turn per write, about 7% of the CPU of a
     kept-alive reverse request (docs/performance.md). What the socket does
     not take now, and anything written while bytes are queued, goes through
     Twisted's C{write} as before, so the order holds, and so do its

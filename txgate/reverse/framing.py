@@ -10,8 +10,8 @@ Content-Length). A proxy that reads a head one way in front of a real
 server that reads it another is how requests are smuggled, so the reverse
 proxy reads client requests only with L{check_head} and L{ChunkedChecker},
 refuses every such head or body with a 400, and the reason goes to the
-security log. Responses from real servers are read by h11 and framed for
-the client by L{frame_response}.
+security log. Responses from real servers are read by
+L{txgate.reverse.responses} and framed for the client by L{frame_response}.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import re
 
 import attrs
 
-from txgate.http.proxying import Headers
+from txgate.http.proxying import Headers, comma_tokens
 
 __all__ = [
     "BadHead",
@@ -69,8 +69,7 @@ _TERMINATOR = b"\r\n\r\n"
 def head_start(buffer: bytes | bytearray) -> int:
     """
     Where the request line starts: past up to L{MAX_EMPTY_LINES} leading
-    CRLFs. h11 refuses a head that starts with an empty line, so the glue
-    drops C{buffer[:head_start(buffer)]} before feeding it.
+    CRLFs (RFC 9112 section 2.2), which L{check_head} skips.
     """
     start = 0
     while start < 2 * MAX_EMPTY_LINES and buffer[start : start + 2] == b"\r\n":
@@ -142,10 +141,6 @@ class RequestHead:
         return self.chunked or bool(self.length)
 
 
-def _tokens(value: bytes) -> list[bytes]:
-    return [t.strip().lower() for t in value.split(b",")]
-
-
 def check_head(head: bytes | bytearray) -> RequestHead:
     """
     Read a request head strictly, refusing whatever could be read two ways.
@@ -210,7 +205,7 @@ def check_head(head: bytes | bytearray) -> RequestHead:
             hosts += 1
             if hosts > 1:
                 raise BadHead(400, "more than one Host header")
-        elif name == b"connection" and b"close" in _tokens(value):
+        elif name == b"connection" and b"close" in comma_tokens(value):
             keep_alive = False
 
     if lengths and encodings:
@@ -258,14 +253,15 @@ _FAILED = 6  # feed() raised; it raises the same error again
 
 class ChunkedChecker:
     """
-    Follows a chunked body's framing over raw bytes, refusing what h11 would let through.
+    Follows a chunked body's framing over raw bytes, refusing what lenient
+    parsers let through, and hands out its data and trailer fields.
 
-    h11 reads chunked bodies leniently: a chunk-size line ending in a bare LF
-    leaves it waiting for a CRLF that never comes, a bare CR passes inside
-    extensions, and a chunk size of any length is read as a Python int, where
-    servers with 64-bit sizes read it modulo 2**64. The glue feeds every raw
-    body byte through L{feed} before giving the same bytes to h11, and answers
-    400 at the first L{BadHead}.
+    h11, for one, reads chunked bodies leniently: a chunk-size line ending in
+    a bare LF leaves it waiting for a CRLF that never comes, a bare CR passes
+    inside extensions, and a chunk size of any length is read as a Python
+    int, where servers with 64-bit sizes read it modulo 2**64. The glue feeds
+    every raw body byte through L{feed}, forwards the data it hands out, and
+    answers 400 at the first L{BadHead}.
 
     What is accepted (RFC 9112 section 7.1), and where we are stricter:
 

@@ -5,7 +5,9 @@ reads from them: the user for the user log, whether a connection-oriented
 handshake (NTLM, Negotiate) pins the real server connection, whether a
 request asks for an Upgrade, and the persistence cookie.
 
-Headers are lists of C{(name, value)} as h11 gives them: lower-case names.
+Headers are lists of C{(name, value)} as the reverse proxy reads them
+(L{txgate.reverse.framing.check_head}, L{txgate.reverse.responses}):
+lower-case names.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import re
 from base64 import b64decode
 from typing import Callable, Collection, Iterable
 
-from txgate.http.proxying import auth_scheme_and_token, strip_hop_by_hop
+from txgate.http.proxying import Headers, auth_scheme_and_token, comma_tokens, strip_hop_by_hop
 
 __all__ = [
     "cookie_value",
@@ -27,7 +29,6 @@ __all__ = [
     "wants_upgrade",
 ]
 
-Headers = list[tuple[bytes, bytes]]
 
 _REPLACED = frozenset({b"host", b"x-forwarded-for", b"x-forwarded-proto", b"forwarded"})
 # RFC 7230 tchar: a Forwarded parameter value that is all tchar needs no quotes.
@@ -79,7 +80,7 @@ def upstream_request_headers(
     @param keep_upgrade: forward C{Upgrade} with C{Connection: upgrade}
         (WebSocket); the caller decided the upgrade is tunnelled.
     @param chunked: the client framed the body with chunked coding; the
-        framing header is re-added so h11 frames the body upstream.
+        framing header is re-added, since the body goes upstream chunked too.
     """
     headers = list(headers)
     host = None
@@ -181,6 +182,8 @@ def location_rewriter(
 
 _NTLM_SIGNATURE = b"NTLMSSP\x00"
 _NEGOTIATE_UNICODE = 0x00000001
+
+
 def _ntlm_field(message: bytes, at: int, unicode: bool) -> str | None:
     length = int.from_bytes(message[at : at + 2], "little")
     offset = int.from_bytes(message[at + 4 : at + 8], "little")
@@ -241,10 +244,6 @@ def user_of(authorization: bytes | None) -> str | None:
     return None
 
 
-def _tokens(value: bytes) -> set[bytes]:
-    return {t.strip().lower() for t in value.split(b",")}
-
-
 def wants_upgrade(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     """
     Whether a request asks to switch to WebSocket: C{Upgrade: websocket}
@@ -256,8 +255,8 @@ def wants_upgrade(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     upgrade = connection = False
     for name, value in headers:
         if name == b"upgrade":
-            upgrade = _tokens(value) == {b"websocket"}
-        elif name == b"connection" and b"upgrade" in _tokens(value):
+            upgrade = set(comma_tokens(value)) == {b"websocket"}
+        elif name == b"connection" and b"upgrade" in comma_tokens(value):
             connection = True
     return upgrade and connection
 

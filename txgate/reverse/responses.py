@@ -16,7 +16,7 @@ import re
 
 import attrs
 
-from txgate.http.proxying import Headers
+from txgate.http.proxying import Headers, comma_tokens
 from txgate.reverse.framing import BadHead, ChunkedChecker, head_end
 
 __all__ = ["BadResponse", "BodyReader", "MAX_RESPONSE_HEAD", "ResponseHead", "parse_response_head", "response_head_end"]
@@ -86,7 +86,7 @@ def parse_response_head(head: bytes) -> ResponseHead:
             raise BadResponse(f"malformed response header line {line[:80]!r}")
         name, value = field.group(1).lower(), field.group(2)
         headers.append((name, value))
-        if name == b"connection" and b"close" in [t.strip().lower() for t in value.split(b",")]:
+        if name == b"connection" and b"close" in comma_tokens(value):
             keep_alive = False
     return ResponseHead(status, reason, b"1." + minor, headers, keep_alive)
 
@@ -124,7 +124,7 @@ class BodyReader:
             if name == b"content-length":
                 lengths.update(v.strip() for v in value.split(b","))
             elif name == b"transfer-encoding":
-                encodings.extend(t.strip().lower() for t in value.split(b","))
+                encodings.extend(comma_tokens(value))
         if encodings:
             if encodings != [b"chunked"]:
                 raise BadResponse(f"unsupported Transfer-Encoding {b', '.join(encodings)!r}")
