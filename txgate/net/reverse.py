@@ -207,6 +207,8 @@ class ReverseProxy(Protocol):
     client = "-"
     client_ip = ""
     local = "-"
+    _corked: list[bytes] | None = None
+    """What is written to the client between L{cork} and L{uncork}."""
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
@@ -394,10 +396,27 @@ class ReverseProxy(Protocol):
 
     # -- answering --------------------------------------------------------------
 
+    def cork(self) -> None:
+        """
+        Hold what is written to the client until L{uncork}: a response read
+        in one piece from the real server then goes out as one TLS record
+        and one C{send}, head, body and end together.
+        """
+        self._corked = []
+
+    def uncork(self) -> None:
+        """Write what L{cork} held, and write straight through again."""
+        pieces, self._corked = self._corked, None
+        if pieces:
+            self.transport.writeSequence(pieces)
+
     def _write(self, data: bytes) -> None:
         if data:
             self.bytes_out += len(data)
-            self.transport.write(data)
+            if self._corked is not None:
+                self._corked.append(data)
+            else:
+                self.transport.write(data)
 
     def send_informational(self, status: int, reason: bytes, headers: Headers) -> None:
         """A 1xx response (100 Continue, 101 Switching Protocols), before the final one."""
@@ -414,7 +433,10 @@ class ReverseProxy(Protocol):
         pieces = self._framing.data(data)
         if pieces:
             self.bytes_out += sum(len(p) for p in pieces)
-            self.transport.writeSequence(pieces)
+            if self._corked is not None:
+                self._corked += pieces
+            else:
+                self.transport.writeSequence(pieces)
 
     def send_end(self, trailers: Headers) -> None:
         assert self._framing is not None
@@ -431,6 +453,7 @@ class ReverseProxy(Protocol):
             if self._request is not None and self._request.method == b"HEAD":
                 body = b""
             self._write(response_head(status, _PHRASES.get(status, b"Error"), headers) + body)
+        self.uncork()
         self._closing = True
         self.transport.loseConnection()
 
@@ -572,6 +595,7 @@ class ReverseProxy(Protocol):
             if rest:
                 self._head_in(rest)
         else:
+            self.uncork()
             self._closing = True
             self.transport.loseConnection()
 
@@ -818,16 +842,19 @@ class _Exchange:
         proxy = self._proxy
         proxy._idle.touch()
         if proxy._tunnel is not None:
-            proxy.bytes_out += len(data)
-            proxy.transport.write(data)
+            proxy._write(data)
             return
         if self._finished:
             return
-        if self._body is None:
-            self._inbox += data
-            self._heads()
-        else:
-            self._body_in(data)
+        proxy.cork()
+        try:
+            if self._body is None:
+                self._inbox += data
+                self._heads()
+            else:
+                self._body_in(data)
+        finally:
+            proxy.uncork()
 
     def upstream_eof(self) -> None:
         if self._proxy._tunnel is not None:
@@ -976,9 +1003,7 @@ class _Exchange:
         proxy = self._proxy
         assert self._upstream is not None
         proxy.switch_to_tunnel(self._upstream)
-        if rest:
-            proxy.bytes_out += len(rest)
-            proxy.transport.write(rest)
+        proxy._write(rest)
 
     # -- endings ----------------------------------------------------------------
 

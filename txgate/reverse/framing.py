@@ -103,7 +103,10 @@ def head_end(buffer: bytes | bytearray, limit: int, start: int = 0) -> int | Non
 _TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
 _CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/([0-9]+)\.([0-9]+)")
-_FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(.*?)[ \t]*", re.DOTALL)
+_FIELD_NAME = re.compile(_TOKEN)
+# Every field line at once: a bare CR or LF and control characters are
+# refused before this runs, so only the names and colons are left to check.
+_FIELD_LINES = re.compile(rb"(?:" + _TOKEN + rb":[^\r\n]*\r\n)*")
 _CONTENT_LENGTH = re.compile(rb"[0-9]{1,19}")
 _SUPPORTED = frozenset({(b"1", b"0"), (b"1", b"1")})
 
@@ -118,6 +121,17 @@ def _field_error(line: bytes, what: str = "header") -> BadHead:
     if name.rstrip(b" \t") != name:
         return BadHead(400, f"request smuggling: whitespace before colon in {what} name")
     return BadHead(400, f"{what} name is not a token")
+
+
+def _fields_error(lines: list[bytes]) -> BadHead:
+    """Why the header lines (C{lines[1:]}, request line first) are not all C{token ":" value}."""
+    for line in lines[1:]:
+        if line[:1] in (b" ", b"\t"):
+            return BadHead(400, "request smuggling: obs-fold (line folding) in header")
+        name, colon, _ = line.partition(b":")
+        if not colon or _FIELD_NAME.fullmatch(name) is None:
+            return _field_error(line)
+    raise AssertionError(f"no malformed line among {lines!r}")
 
 
 @attrs.frozen
@@ -177,36 +191,36 @@ def check_head(head: bytes | bytearray) -> RequestHead:
     length: int | None = None
     keep_alive = minor == b"1"
     headers: Headers = []
-    for index in range(1, len(lines)):
-        line = lines[index]
-        if line[:1] in (b" ", b"\t"):
-            raise BadHead(400, "request smuggling: obs-fold (line folding) in header")
-        field = _FIELD.fullmatch(line)
-        if field is None:
-            raise _field_error(line)
-        name, value = field.group(1).lower(), field.group(2)
-        headers.append((name, value))
-        if name == b"content-length":
-            lengths += 1
-            if lengths > 1:
-                raise BadHead(400, "request smuggling: more than one Content-Length")
-            if b"," in value:
-                raise BadHead(400, "request smuggling: list in Content-Length")
-            if _CONTENT_LENGTH.fullmatch(value) is None:
-                raise BadHead(400, "request smuggling: Content-Length is not 1-19 digits")
-            length = int(value)
-        elif name == b"transfer-encoding":
-            encodings += 1
-            if encodings > 1:
-                raise BadHead(400, "request smuggling: more than one Transfer-Encoding")
-            if value.lower() != b"chunked":
-                raise BadHead(400, "request smuggling: Transfer-Encoding other than chunked")
-        elif name == b"host":
-            hosts += 1
-            if hosts > 1:
-                raise BadHead(400, "more than one Host header")
-        elif name == b"connection" and b"close" in comma_tokens(value):
-            keep_alive = False
+    fields_start, fields_end = len(lines[0]) + 2, len(head) - 2
+    if fields_start < fields_end:
+        if _FIELD_LINES.fullmatch(head, fields_start, fields_end) is None:
+            raise _fields_error(lines)
+        for index in range(1, len(lines)):
+            name, _, value = lines[index].partition(b":")
+            name = name.lower()
+            value = value.strip(b" \t")
+            headers.append((name, value))
+            if name == b"content-length":
+                lengths += 1
+                if lengths > 1:
+                    raise BadHead(400, "request smuggling: more than one Content-Length")
+                if b"," in value:
+                    raise BadHead(400, "request smuggling: list in Content-Length")
+                if _CONTENT_LENGTH.fullmatch(value) is None:
+                    raise BadHead(400, "request smuggling: Content-Length is not 1-19 digits")
+                length = int(value)
+            elif name == b"transfer-encoding":
+                encodings += 1
+                if encodings > 1:
+                    raise BadHead(400, "request smuggling: more than one Transfer-Encoding")
+                if value.lower() != b"chunked":
+                    raise BadHead(400, "request smuggling: Transfer-Encoding other than chunked")
+            elif name == b"host":
+                hosts += 1
+                if hosts > 1:
+                    raise BadHead(400, "more than one Host header")
+            elif name == b"connection" and b"close" in comma_tokens(value):
+                keep_alive = False
 
     if lengths and encodings:
         raise BadHead(400, "request smuggling: both Content-Length and Transfer-Encoding")

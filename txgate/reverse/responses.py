@@ -43,7 +43,8 @@ class ResponseHead:
 
 
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
-_FIELD = re.compile(rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+):[ \t]*([\t\x20-\x7e\x80-\xff]*?)[ \t]*")
+# Every field line at once (each ends in CRLF): one pass, no backtracking.
+_FIELD_LINES = re.compile(rb"(?:[-!#$%&'*+.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*")
 _CONTENT_LENGTH = re.compile(rb"[0-9]{1,19}")
 
 
@@ -69,26 +70,39 @@ def parse_response_head(head: bytes) -> ResponseHead:
     """
     if head.count(b"\r") != head.count(b"\n") or head.count(b"\r\n") != head.count(b"\n"):
         raise BadResponse("bare CR or LF in response head")
-    lines = head[: -4 if head.endswith(b"\r\n\r\n") else len(head)].split(b"\r\n")
-    status_line = _STATUS_LINE.fullmatch(lines[0])
+    if not head.endswith(b"\r\n\r\n"):
+        head += b"\r\n" if head.endswith(b"\r\n") else b"\r\n\r\n"
+    fields_start = head.find(b"\r\n") + 2
+    status_line = _STATUS_LINE.fullmatch(head, 0, fields_start - 2)
     if status_line is None:
-        raise BadResponse(f"malformed status line {lines[0][:80]!r}")
+        raise BadResponse(f"malformed status line {head[: min(fields_start - 2, 80)]!r}")
     minor, status, reason = status_line.group(1), int(status_line.group(2)), status_line.group(3) or b""
     if status < 100:
         raise BadResponse(f"status {status} out of range")
     keep_alive = minor == b"1"
     headers: Headers = []
-    for line in lines[1:]:
-        field = _FIELD.fullmatch(line)
-        if field is None:
-            if line[:1] in (b" ", b"\t"):
-                raise BadResponse("obs-fold (line folding) in response header")
-            raise BadResponse(f"malformed response header line {line[:80]!r}")
-        name, value = field.group(1).lower(), field.group(2)
-        headers.append((name, value))
-        if name == b"connection" and b"close" in comma_tokens(value):
-            keep_alive = False
+    fields_end = len(head) - 2
+    if fields_start < fields_end:
+        if _FIELD_LINES.fullmatch(head, fields_start, fields_end) is None:
+            raise _fields_error(head[fields_start:fields_end])
+        for line in head[fields_start : fields_end - 2].split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            name = name.lower()
+            value = value.strip(b" \t")
+            headers.append((name, value))
+            if name == b"connection" and b"close" in comma_tokens(value):
+                keep_alive = False
     return ResponseHead(status, reason, b"1." + minor, headers, keep_alive)
+
+
+def _fields_error(fields: bytes) -> BadResponse:
+    """Why the header lines C{fields} (each ending in CRLF) are not all C{token ":" value}."""
+    for line in fields.split(b"\r\n")[:-1]:
+        if _FIELD_LINES.fullmatch(line + b"\r\n") is None:
+            if line[:1] in (b" ", b"\t"):
+                return BadResponse("obs-fold (line folding) in response header")
+            return BadResponse(f"malformed response header line {line[:80]!r}")
+    raise AssertionError(f"no malformed line in {fields!r}")
 
 
 # Body framings (RFC 9112 section 6.3).
