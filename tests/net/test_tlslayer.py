@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 from twisted.internet import protocol, reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -14,12 +15,16 @@ from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     ITCPTransport,
 )
+from twisted.internet.ssl import Certificate, CertificateOptions, optionsForClientTLS
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
-from twisted.trial.unittest import TestCase
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.test.iosim import IOPump, connectedServerAndClient
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer, providedBy
 
 from txgate.net.tlslayer import TLSLayer, write_now
+from txgate.testing import make_ca, make_server_cert
 
 
 @implementer(IOpenSSLClientConnectionCreator)
@@ -125,3 +130,117 @@ class WriteNowTests(TestCase):
         transport = StringTransport()
         write_now(transport, b"bytes")
         self.assertEqual(transport.value(), b"bytes")
+
+
+class _Chunks(protocol.Protocol):
+    """Each C{dataReceived} call's bytes: one per TLS record read."""
+
+    def connectionMade(self) -> None:
+        self.chunks: list[bytes] = []
+        self.lost = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost = True
+
+
+_TLS: list[tuple[CertificateOptions, Any]] = []
+
+
+def _tls() -> tuple[CertificateOptions, Any]:
+    """Server options and client options for C{tls.test}, made once for the module."""
+    if not _TLS:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        start, end = now - datetime.timedelta(hours=1), now + datetime.timedelta(days=1)
+        ca, ca_key = make_ca("tlslayer test CA", start, end)
+        cert, key = make_server_cert(ca, ca_key, ["tls.test"], not_before=start, not_after=end)
+        server = CertificateOptions(
+            privateKey=crypto.PKey.from_cryptography_key(key), certificate=crypto.X509.from_cryptography(cert)
+        )
+        client = optionsForClientTLS("tls.test", trustRoot=Certificate(crypto.X509.from_cryptography(ca)))
+        _TLS.append((server, client))
+    return _TLS[0]
+
+
+class TurnFlushTests(SynchronousTestCase):
+    """
+    L{TLSLayer} holds the writes of a reactor turn and sends them when it
+    ends, every connection's in one delayed call, over real TLS in memory.
+    """
+
+    def _pair(self, clock: Clock) -> tuple[TLSLayer, _Chunks, IOPump]:
+        """A L{TLSLayer} client with its handshake done, and what the stock TLS server behind it reads."""
+        server_options, client_options = _tls()
+        server_factory = TLSMemoryBIOFactory(server_options, False, protocol.Factory.forProtocol(_Chunks), clock)
+        server_factory.protocol = TLSMemoryBIOProtocol
+        client_factory = TLSMemoryBIOFactory(client_options, True, protocol.Factory.forProtocol(protocol.Protocol), clock)
+        client_factory.protocol = TLSLayer
+        client, server, pump = connectedServerAndClient(
+            lambda: server_factory.buildProtocol(None), lambda: client_factory.buildProtocol(None), clock=clock
+        )
+        pump.flush()
+        self.assertTrue(client._handshakeDone)
+        return client, server.wrappedProtocol, pump
+
+    def test_one_flush_per_turn(self) -> None:
+        """
+        Writes wait for the turn's end, one delayed call flushes every
+        connection's, and each connection's writes go as one record.
+        """
+        clock = Clock()
+        first, first_seen, first_pump = self._pair(clock)
+        second, second_seen, second_pump = self._pair(clock)
+        first.write(b"head ")
+        first.writeSequence([b"body ", b"end"])
+        second.write(b"other")
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        first_pump.flush(advanceClock=False)
+        second_pump.flush(advanceClock=False)
+        self.assertEqual((first_seen.chunks, second_seen.chunks), ([], []))
+        clock.advance(0)
+        first_pump.flush()
+        second_pump.flush()
+        self.assertEqual(first_seen.chunks, [b"head body end"])
+        self.assertEqual(second_seen.chunks, [b"other"])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_buffer_copied(self) -> None:
+        """A buffer the caller changes after writing it is sent as it was written."""
+        clock = Clock()
+        layer, seen, pump = self._pair(clock)
+        buffer = bytearray(b"as written")
+        layer.write(buffer)
+        buffer[:] = b"changed"
+        pump.flush()
+        self.assertEqual(b"".join(seen.chunks), b"as written")
+
+    def test_large_at_once(self) -> None:
+        """Once more than L{TLSLayer.MAX_HELD} bytes are held, they go without waiting for the turn's end."""
+        clock = Clock()
+        layer, seen, pump = self._pair(clock)
+        layer.write(b"a" * TLSLayer.MAX_HELD)
+        layer.write(b"b")
+        pump.flush(advanceClock=False)
+        self.assertEqual(b"".join(seen.chunks), b"a" * TLSLayer.MAX_HELD + b"b")
+
+    def test_close_sends_first(self) -> None:
+        """C{loseConnection} sends what is held before the TLS close; writes after it are dropped."""
+        clock = Clock()
+        layer, seen, pump = self._pair(clock)
+        layer.write(b"last words")
+        layer.loseConnection()
+        layer.write(b"too late")
+        pump.flush()
+        self.assertEqual(b"".join(seen.chunks), b"last words")
+        self.assertTrue(seen.lost)
+
+    def test_abort_drops(self) -> None:
+        """C{abortConnection} drops what is held: nothing more reaches the peer."""
+        clock = Clock()
+        layer, seen, pump = self._pair(clock)
+        layer.write(b"never sent")
+        layer.abortConnection()
+        pump.flush()
+        self.assertEqual(seen.chunks, [])

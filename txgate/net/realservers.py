@@ -22,7 +22,7 @@ from zope.interface import implementer
 
 from txgate.config import RealServerConfig
 from txgate.errors import ConfigError
-from txgate.net.tlslayer import UnbufferedTLSLayer
+from txgate.net.tlslayer import TLSLayer
 from txgate.net.upstream import IdlePool, Upstream, _UpstreamFactory
 from txgate.reverse.balancing import RealServer
 
@@ -82,10 +82,10 @@ class _Wrapping:
         return d.addCallback(lambda wrapper: wrapper.wrappedProtocol)
 
 
-class _UnbufferedTLSFactory(TLSMemoryBIOFactory):
-    """TLS whose writes are encrypted and sent at once (L{UnbufferedTLSLayer})."""
+class _TLSFactory(TLSMemoryBIOFactory):
+    """TLS over txgate's own layer (L{TLSLayer})."""
 
-    protocol = UnbufferedTLSLayer
+    protocol = TLSLayer
 
 
 class _Counted(Upstream):
@@ -127,7 +127,7 @@ class RealServerConnector:
             endpoint = _Wrapping(endpoint, lambda factory: _HeaderFactory(factory, header))
         if self._tls is not None:
             tls = self._tls
-            endpoint = _Wrapping(endpoint, lambda factory: _UnbufferedTLSFactory(tls, True, factory))
+            endpoint = _Wrapping(endpoint, lambda factory: _TLSFactory(tls, True, factory))
         return endpoint.connect(_CountingFactory(self._state))
 
 
