@@ -130,6 +130,19 @@ class NormalizeTargetTests(SynchronousTestCase):
             self.assertFalse(MEET.allows(path), msg=f"input {target!r} -> {path!r}")
             self.assertFalse(upstream.startswith(b"/meet/"), msg=f"input {target!r}")
 
+    def test_cached_and_long(self) -> None:
+        """
+        Asked again, a target gets the same answer: a refusal is refused
+        again (never cached), and a target too long to be cached is
+        normalized all the same.
+        """
+        for _ in range(2):
+            self.assertEqual(normalize_target(b"/meet/a/../x"), ("/meet/x", b"/meet/x"))
+            self.assertRaises(AmbiguousPath, normalize_target, b"/a%2fb")
+        long = b"/meet/" + b"a" * 600 + b"/../x"
+        self.assertEqual(normalize_target(long), ("/meet/x", b"/meet/x"))
+        self.assertRaises(AmbiguousPath, normalize_target, b"/meet/" + b"a" * 600 + b"%2f")
+
     def test_query_unchanged(self) -> None:
         """The query is forwarded byte for byte, escapes and dots included."""
         self.assertEqual(

@@ -12,6 +12,7 @@ above the root) is refused as L{AmbiguousPath} instead of being guessed at.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from typing import Iterable
@@ -72,6 +73,10 @@ def _forbidden_reason(escape: bytes) -> str:
     return f"encoded control character %{code.decode()} in path"
 
 
+_CACHED_TARGET = 512
+"""Targets up to this long have their normalization cached (a client asks for the same few again and again)."""
+
+
 def normalize_target(target: bytes) -> tuple[str, bytes]:
     """
     Normalize an origin-form request target (C{/p?q}) for matching and for
@@ -89,6 +94,12 @@ def normalize_target(target: bytes) -> tuple[str, bytes]:
     @raise AmbiguousPath: anything that is not a plain origin-form path or
         that servers could read in more than one way.
     """
+    if len(target) <= _CACHED_TARGET:
+        return _normalize_cached(target)
+    return _normalize(target)
+
+
+def _normalize(target: bytes) -> tuple[str, bytes]:
     if target[:1] != b"/":
         raise AmbiguousPath("request target is not origin-form (must start with /)")
     bad = _RAW_BAD.search(target)
@@ -153,6 +164,11 @@ def normalize_target(target: bytes) -> tuple[str, bytes]:
     else:
         path = match_path.decode("ascii")
     return path, upstream_path + question + query
+
+
+# Bounded, so that a client sending ever new targets costs a miss each, not memory.
+# Refusals raise, and are never cached.
+_normalize_cached = functools.lru_cache(maxsize=1024)(_normalize)
 
 
 _GLOB_BAD = re.compile(r"[\x00-\x20\x7f\\]|//|/\.\.?(?:/|$)")
@@ -230,10 +246,12 @@ _IPV4ISH = re.compile(r"[0-9.]+")
 _MAX_NAME = 253
 
 
+@functools.lru_cache(maxsize=256)
 def host_of(host_header: bytes) -> str | None:
     """
     The host a C{Host} header names: lower-case, without port, one trailing
-    dot or IPv6 brackets (an IPv6 address in its compressed form).
+    dot or IPv6 brackets (an IPv6 address in its compressed form). Cached
+    (bounded): a virtual service answers to a few names.
 
     @return: C{None} when the header is not a host (empty, bad port,
         whitespace, userinfo, path, zone index, ...).

@@ -497,10 +497,11 @@ def _trailer_field(line: bytes) -> tuple[bytes, bytes]:
 
 
 def _head(start_line: bytes, headers: Headers) -> bytes:
-    lines = [start_line]
-    lines.extend(name + b": " + value + b"\r\n" for name, value in headers)
-    lines.append(b"\r\n")
-    return b"".join(lines)
+    pieces = [start_line]
+    for name, value in headers:
+        pieces += (name, b": ", value, b"\r\n")  # one join, no concatenation per line
+    pieces.append(b"\r\n")
+    return b"".join(pieces)
 
 
 def response_head(status: int, reason: bytes, headers: Headers) -> bytes:
