@@ -81,6 +81,15 @@ class DirectTLS(TLSMemoryBIOProtocol):
         ProtocolWrapper.makeConnection(self, transport)
         self._checkHandshakeStatus()
 
+    # Pooled connections resume their transport on every request
+    # (Upstream.attach): defined here, these skip the failed lookup that
+    # ends in ProtocolWrapper.__getattr__ (an AttributeError each time).
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+
     def _flushSendBIO(self) -> None:
         """Twisted's, writing with L{write_now}."""
         try:

@@ -104,9 +104,9 @@ _TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
 _CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/([0-9]+)\.([0-9]+)")
 _FIELD_NAME = re.compile(_TOKEN)
-# Every field line at once: a bare CR or LF and control characters are
-# refused before this runs, so only the names and colons are left to check.
-_FIELD_LINES = re.compile(rb"(?:" + _TOKEN + rb":[^\r\n]*\r\n)*")
+# Every field line at once: a token, a colon, a value without CR, LF or
+# control characters but HTAB, CRLF.
+_FIELD_LINES = re.compile(rb"(?:" + _TOKEN + rb":[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*")
 _CONTENT_LENGTH = re.compile(rb"[0-9]{1,19}")
 _SUPPORTED = frozenset({(b"1", b"0"), (b"1", b"1")})
 
@@ -123,6 +123,29 @@ def _field_error(line: bytes, what: str = "header") -> BadHead:
     return BadHead(400, f"{what} name is not a token")
 
 
+def _head_error(head: bytes, lines: list[bytes]) -> BadHead:
+    """Why C{head} (leading empty lines skipped; C{lines}, its lines) is refused, the first reason in reading order."""
+    crs = head.count(b"\r")
+    crlfs = head.count(b"\r\n")
+    if crs != crlfs:
+        return BadHead(400, "request smuggling: bare CR in head")
+    if head.count(b"\n") != crlfs:
+        return BadHead(400, "request smuggling: bare LF in head")
+    control = _CONTROL.search(head)
+    if control is not None:
+        if control.group() == b"\x00":
+            return BadHead(400, "NUL in head")
+        return BadHead(400, f"control character 0x{control.group()[0]:02X} in head")
+    if not head.endswith(_TERMINATOR):
+        return BadHead(400, "head does not end with an empty line")
+    request = _REQUEST_LINE.fullmatch(lines[0])
+    if request is None:
+        return BadHead(400, "malformed request line")
+    if (request.group(3), request.group(4)) not in _SUPPORTED:
+        return BadHead(505, "HTTP version not supported")
+    return _fields_error(lines)
+
+
 def _fields_error(lines: list[bytes]) -> BadHead:
     """Why the header lines (C{lines[1:]}, request line first) are not all C{token ":" value}."""
     for line in lines[1:]:
@@ -131,7 +154,7 @@ def _fields_error(lines: list[bytes]) -> BadHead:
         name, colon, _ = line.partition(b":")
         if not colon or _FIELD_NAME.fullmatch(name) is None:
             return _field_error(line)
-    raise AssertionError(f"no malformed line among {lines!r}")
+    return BadHead(400, "malformed header section")
 
 
 @attrs.frozen
@@ -165,24 +188,18 @@ def check_head(head: bytes | bytearray) -> RequestHead:
         400 with the reason.
     """
     head = bytes(head[head_start(head) :])
-    crs = head.count(b"\r")
-    crlfs = head.count(b"\r\n")
-    if crs != crlfs:
-        raise BadHead(400, "request smuggling: bare CR in head")
-    if head.count(b"\n") != crlfs:
-        raise BadHead(400, "request smuggling: bare LF in head")
-    control = _CONTROL.search(head)
-    if control is not None:
-        if control.group() == b"\x00":
-            raise BadHead(400, "NUL in head")
-        raise BadHead(400, f"control character 0x{control.group()[0]:02X} in head")
-    if not head.endswith(_TERMINATOR):
-        raise BadHead(400, "head does not end with an empty line")
     lines = head[:-4].split(b"\r\n")
-
     request = _REQUEST_LINE.fullmatch(lines[0])
-    if request is None:
-        raise BadHead(400, "malformed request line")
+    fields_start, fields_end = len(lines[0]) + 2, len(head) - 2
+    # The two patterns admit no bare CR or LF and no control character but
+    # HTAB, so a head they match needs no other scan; any other head is
+    # scanned again, check by check, for the reason.
+    if (
+        request is None
+        or not head.endswith(_TERMINATOR)
+        or (fields_start < fields_end and _FIELD_LINES.fullmatch(head, fields_start, fields_end) is None)
+    ):
+        raise _head_error(head, lines)
     major, minor = request.group(3), request.group(4)
     if (major, minor) not in _SUPPORTED:
         raise BadHead(505, "HTTP version not supported")
@@ -191,10 +208,7 @@ def check_head(head: bytes | bytearray) -> RequestHead:
     length: int | None = None
     keep_alive = minor == b"1"
     headers: Headers = []
-    fields_start, fields_end = len(lines[0]) + 2, len(head) - 2
     if fields_start < fields_end:
-        if _FIELD_LINES.fullmatch(head, fields_start, fields_end) is None:
-            raise _fields_error(lines)
         for index in range(1, len(lines)):
             name, _, value = lines[index].partition(b":")
             name = name.lower()

@@ -68,23 +68,27 @@ def parse_response_head(head: bytes) -> ResponseHead:
 
     @raise BadResponse: with the reason.
     """
-    if head.count(b"\r") != head.count(b"\n") or head.count(b"\r\n") != head.count(b"\n"):
-        raise BadResponse("bare CR or LF in response head")
     if not head.endswith(b"\r\n\r\n"):
         head += b"\r\n" if head.endswith(b"\r\n") else b"\r\n\r\n"
     fields_start = head.find(b"\r\n") + 2
+    fields_end = len(head) - 2
     status_line = _STATUS_LINE.fullmatch(head, 0, fields_start - 2)
-    if status_line is None:
-        raise BadResponse(f"malformed status line {head[: min(fields_start - 2, 80)]!r}")
+    # Neither pattern admits a CR or LF but in a line's end: bare ones are
+    # looked for only in a head they refuse, for the reason.
+    if status_line is None or (
+        fields_start < fields_end and _FIELD_LINES.fullmatch(head, fields_start, fields_end) is None
+    ):
+        if head.count(b"\r") != head.count(b"\n") or head.count(b"\r\n") != head.count(b"\n"):
+            raise BadResponse("bare CR or LF in response head")
+        if status_line is None:
+            raise BadResponse(f"malformed status line {head[: min(fields_start - 2, 80)]!r}")
+        raise _fields_error(head[fields_start:fields_end])
     minor, status, reason = status_line.group(1), int(status_line.group(2)), status_line.group(3) or b""
     if status < 100:
         raise BadResponse(f"status {status} out of range")
     keep_alive = minor == b"1"
     headers: Headers = []
-    fields_end = len(head) - 2
     if fields_start < fields_end:
-        if _FIELD_LINES.fullmatch(head, fields_start, fields_end) is None:
-            raise _fields_error(head[fields_start:fields_end])
         for line in head[fields_start : fields_end - 2].split(b"\r\n"):
             name, _, value = line.partition(b":")
             name = name.lower()
