@@ -146,6 +146,13 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
+def machine_busy_ms() -> float:
+    """CPU time the whole machine spent busy (every state but idle and iowait in /proc/stat), in milliseconds."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    return (sum(values) - values[3] - values[4]) * 1000 / CLK_TCK
+
+
 def cpu_ms(pid: int) -> float:
     """
     utime + stime of C{pid} and its live descendants, plus what their reaped
@@ -333,6 +340,11 @@ class Tally:
         self.times: list[float] = []
         self.errors: list[str] = []
         self.error_count = 0
+        self.cpu_began = time.process_time()
+
+    def start(self) -> None:
+        """The loop begins: this process's CPU time counts from here."""
+        self.cpu_began = time.process_time()
 
     def time(self, call: Callable[[], Any]) -> None:
         began = time.perf_counter()
@@ -349,7 +361,7 @@ class Tally:
     def result(self, **more: Any) -> dict[str, Any]:
         """What the parent process gathers from each client."""
         return {"count": len(self.times), "ended": time.monotonic(), "times": self.times, "errors": self.errors,
-                "error_count": self.error_count, **more}
+                "error_count": self.error_count, "cpu_seconds": time.process_time() - self.cpu_began, **more}
 
 
 def read_response(sock: Any) -> tuple[int, bytes]:

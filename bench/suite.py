@@ -51,7 +51,8 @@ import time
 from typing import Any, Callable
 
 from common import (
-    HERE, IO_TIMEOUT, LOOPBACK, NGINX_TEMP_PATHS, SBIN_PATH, Tally, BenchError, Children, child_env, connect, cpu_ms, make_ca, make_server_cert,
+    HERE, IO_TIMEOUT, LOOPBACK, NGINX_TEMP_PATHS, SBIN_PATH, Tally, BenchError, Children, child_env, connect, cpu_ms,
+    machine_busy_ms, make_ca, make_server_cert,
     raise_nofile, read_response, clean_up, report, rss_kb, start_server, tail, tool_version, validity, venv_twistd, write_pem,
 )
 
@@ -494,6 +495,7 @@ def _client(args: tuple[int | None, list[str], int, str, float, float]) -> dict[
     tally = Tally()
     while time.monotonic() < start_at:
         time.sleep(0.001)
+    tally.start()
     i = 0
     while (len(tally.times) < MAX_REQUESTS and tally.error_count < MAX_ERRORS and i < len(names)
            and time.monotonic() < deadline):
@@ -508,9 +510,11 @@ def measure_requests(pool: Any, clients: int, proxy_port: int | None, names_for:
     """C{clients} processes run the request loop for C{seconds}; C{pid}'s CPU time is read around it."""
     start_at = time.monotonic() + 0.2
     before = cpu_ms(pid) if pid else 0.0
+    machine_before = machine_busy_ms()
     results = pool.map(_client, [(proxy_port, names_for(c), origin_port, cafile, start_at, start_at + seconds)
                                  for c in range(clients)])
     after = cpu_ms(pid) if pid else 0.0
+    machine = machine_busy_ms() - machine_before
     count = sum(r["count"] for r in results)
     elapsed = max(r["ended"] for r in results) - start_at
     times = sorted(t for r in results for t in r["times"])
@@ -526,6 +530,11 @@ def measure_requests(pool: Any, clients: int, proxy_port: int | None, names_for:
     if pid:
         row["cpu_ms_per_request"] = round((after - before) / count, 3) if count else None
         row["cpu_percent"] = round((after - before) / (elapsed * 10), 1) if elapsed > 0 else None
+    # Where the rest of the machine's time went: the client processes' own
+    # CPU, and how busy all cores were (from the start of the loop until the
+    # last client returned, a little past its end).
+    row["client_cpu_ms_per_request"] = round(sum(r["cpu_seconds"] for r in results) * 1000 / count, 3) if count else None
+    row["machine_busy_percent"] = round(machine / (elapsed * 10 * (os.cpu_count() or 1)), 1) if elapsed > 0 else None
     if errors:
         row["error_samples"] = sorted({m for r in results for m in r["errors"]})[:5]
     if any(r["out_of_names"] for r in results):
@@ -550,7 +559,8 @@ def median_row(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, A
     return merged
 
 
-REQUEST_KEYS = ("requests_per_second", "cpu_ms_per_request", "cpu_percent", "p50_ms", "p99_ms")
+REQUEST_KEYS = ("requests_per_second", "cpu_ms_per_request", "cpu_percent", "p50_ms", "p99_ms",
+                "client_cpu_ms_per_request", "machine_busy_percent")
 
 
 # ---------------------------------------------------------------- S1
@@ -1048,14 +1058,15 @@ def print_table(results: dict[str, Any]) -> None:
         ref_name = "txgate-1" if scenario == "S7" else "squid"
         base = rows.get(ref_name, {}).get("requests_per_second")
         out(f"  {'candidate':<10} {'req/s':>8} {'CPU-ms/req':>10} {'CPU %':>6} {'p50 ms':>7} {'p99 ms':>7}"
-            f" {'vs ' + ref_name:>12} {'errors':>6}")
+            f" {'vs ' + ref_name:>12} {'errors':>6} {'client ms':>9} {'busy %':>6}")
         for name, r in rows.items():
             if r.get("status") != "ok":
                 out(f"  {name:<10} {r['status']} ({_why(r)})")
                 continue
             out(f"  {name:<10} {_f(r['requests_per_second'], '.0f'):>8} {_f(r.get('cpu_ms_per_request'), '.2f'):>10}"
                 f" {_f(r.get('cpu_percent'), '.0f'):>6} {_f(r['p50_ms'], '.2f'):>7} {_f(r['p99_ms'], '.2f'):>7}"
-                f" {_ratio(r['requests_per_second'], base):>12} {r['errors']:>6}")
+                f" {_ratio(r['requests_per_second'], base):>12} {r['errors']:>6}"
+                f" {_f(r.get('client_cpu_ms_per_request'), '.2f'):>9} {_f(r.get('machine_busy_percent'), '.0f'):>6}")
     notes = []
     for scenario, rows in results["scenarios"].items():
         for name, r in rows.items():
