@@ -219,7 +219,8 @@ def strip_hop_by_hop(headers: Headers) -> Headers:
     The headers without hop-by-hop fields: the fixed set in L{HOP_BY_HOP} and
     any field a C{Connection} header names.
     """
-    drop = HOP_BY_HOP | _connection_tokens(headers)
+    tokens = _connection_tokens(headers)
+    drop = HOP_BY_HOP | tokens if tokens else HOP_BY_HOP
     return [(n, v) for n, v in headers if n not in drop]
 
 

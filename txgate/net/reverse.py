@@ -696,7 +696,11 @@ class _Exchange:
         self._chunked = request.chunked
         # A Content-Length of 0 counts: such a request is not retried on a new connection.
         self._has_body = request.chunked or request.length is not None
-        self._expects = any(n == b"expect" for n, _ in headers)
+        self._expects = False
+        for name, _ in headers:
+            if name == b"expect":
+                self._expects = True
+                break
 
     def begin(self) -> None:
         """
@@ -991,7 +995,10 @@ class _Exchange:
         self._fail(502, reason)
 
     def _rewriter(self, headers: list[tuple[bytes, bytes]]) -> Callable[[bytes], bytes] | None:
-        if not any(n == b"location" for n, _ in headers):
+        for name, _ in headers:
+            if name == b"location":
+                break
+        else:
             return None
         host = _header(self._headers, b"host") or b""
         return location_rewriter(host, self._proxy.service.proto, self._proxy.service.internal)

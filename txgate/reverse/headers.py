@@ -13,6 +13,7 @@ lower-case names.
 from __future__ import annotations
 
 import binascii
+import functools
 import re
 from base64 import b64decode
 from typing import Callable, Collection, Iterable
@@ -43,7 +44,9 @@ def _forwarded_value(value: bytes) -> bytes:
     return b'"' + _QUOTED_SPECIALS.sub(rb"\\\1", value) + b'"'
 
 
+@functools.lru_cache(maxsize=1024)
 def _forwarded_element(client_ip: str, proto: str, host: bytes | None) -> bytes:
+    """Cached: a client sends request after request with the same address and Host."""
     node = f'"[{client_ip}]"' if ":" in client_ip else client_ip
     element = b"for=" + node.encode("ascii") + b";proto=" + proto.encode("ascii")
     # A Host that cannot be put in a quoted-string (controls, obs-text) is
