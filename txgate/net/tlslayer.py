@@ -126,7 +126,7 @@ class _Turn:
 _TURNS: WeakKeyDictionary[IReactorTime, _Turn] = WeakKeyDictionary()
 
 
-def _turn(clock: IReactorTime) -> _Turn:
+def _turn_of(clock: IReactorTime) -> _Turn:
     turn = _TURNS.get(clock)
     if turn is None:
         turn = _TURNS[clock] = _Turn(clock)
@@ -149,6 +149,8 @@ class TLSLayer(DirectTLS):
 
     _held: list[bytes] | None = None
     _held_size = 0
+    _turn: _Turn | None = None
+    """This layer's reactor's L{_Turn}, looked up on its first write."""
 
     def write(self, data: bytes) -> None:
         if self.disconnecting and self._producer is None:
@@ -159,7 +161,10 @@ class TLSLayer(DirectTLS):
         if held is None:
             self._held = [data]
             self._held_size = len(data)
-            _turn(self.factory._clock).hold(self)
+            turn = self._turn
+            if turn is None:
+                turn = self._turn = _turn_of(self.factory._clock)
+            turn.hold(self)
             return
         held.append(data)
         self._held_size += len(data)
