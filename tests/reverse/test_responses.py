@@ -87,6 +87,13 @@ class HeadTests(SynchronousTestCase):
                 _head(raw)
             self.assertIn(reason, str(e.exception), raw)
 
+    def test_unterminated(self) -> None:
+        """A head without its blank line (not one response_head_end delimits) is refused, not guessed at."""
+        for raw in (b"HTTP/1.1 200 OK\r\nX: y\r\n", b"HTTP/1.1 200 OK"):
+            with self.assertRaises(BadResponse) as e:
+                parse_response_head(raw)
+            self.assertIn("does not end with an empty line", str(e.exception))
+
 
 class BodyTests(SynchronousTestCase):
     def test_length(self) -> None:

@@ -31,6 +31,7 @@ __all__ = [
     "connection_auth",
     "VIA",
     "RETRYABLE",
+    "TOKEN",
     "as_bytes",
 ]
 
@@ -50,6 +51,9 @@ HOP_BY_HOP = frozenset(
     }
 )
 """Headers that describe one hop and are never forwarded (RFC 9110 7.6.1)."""
+
+TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
+"""RFC 9110 token (field names, methods, parameter values), as a bytes pattern to build regexes from."""
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 

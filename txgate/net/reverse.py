@@ -412,11 +412,14 @@ class ReverseProxy(Protocol):
 
     def _write(self, data: bytes) -> None:
         if data:
-            self.bytes_out += len(data)
-            if self._corked is not None:
-                self._corked.append(data)
-            else:
-                self.transport.write(data)
+            self._send([data])
+
+    def _send(self, pieces: list[bytes]) -> None:
+        self.bytes_out += sum(len(p) for p in pieces)
+        if self._corked is not None:
+            self._corked += pieces
+        else:
+            self.transport.writeSequence(pieces)
 
     def send_informational(self, status: int, reason: bytes, headers: Headers) -> None:
         """A 1xx response (100 Continue, 101 Switching Protocols), before the final one."""
@@ -432,11 +435,7 @@ class ReverseProxy(Protocol):
         assert self._framing is not None
         pieces = self._framing.data(data)
         if pieces:
-            self.bytes_out += sum(len(p) for p in pieces)
-            if self._corked is not None:
-                self._corked += pieces
-            else:
-                self.transport.writeSequence(pieces)
+            self._send(pieces)
 
     def send_end(self, trailers: Headers) -> None:
         assert self._framing is not None

@@ -1,10 +1,10 @@
 # -*- test-case-name: tests.net.test_tlslayer -*-
 """
 Twisted's TLS layer with three costs taken out: one of every new connection
-(L{DirectTLS.makeConnection}), one of every write (L{write_now}) and one of
-every reactor turn that writes (L{TLSLayer}'s one flush for all
-connections), for the listeners, interceptors and real-server connections
-that make one per client or request.
+(L{TLSLayer.makeConnection}), one of every write (L{write_now}) and one of
+every reactor turn that writes (one flush for all connections), for the
+listeners, interceptors and real-server connections that make one per
+client or request.
 """
 
 from __future__ import annotations
@@ -57,48 +57,6 @@ def write_now(transport: Any, data: bytes) -> None:
     transport.write(data)
 
 
-class DirectTLS(TLSMemoryBIOProtocol):
-    """
-    A TLS layer whose records go to the socket at once (L{write_now}), and
-    which declares the interfaces of the transport it lays over once per
-    connection instead of once per interface.
-    """
-
-    def makeConnection(self, transport: Any) -> None:
-        """
-        Twisted's, without its loop of one C{directlyProvides} call per
-        interface of the transport: each call builds a zope specification
-        afresh (about 30 us per TLS connection in the S2 and S3 profiles of
-        docs/performance.md), and the declaration
-        L{ProtocolWrapper.makeConnection} makes next replaces them all.
-        """
-        if not self._connectWrapped:
-            # No ProtocolWrapper declaration follows: keep Twisted's own.
-            super().makeConnection(transport)
-            return
-        self._tlsConnection = self.factory._creatorCallable(self)
-        self._appSendBuffer = []
-        ProtocolWrapper.makeConnection(self, transport)
-        self._checkHandshakeStatus()
-
-    # Pooled connections resume their transport on every request
-    # (Upstream.attach): defined here, these skip the failed lookup that
-    # ends in ProtocolWrapper.__getattr__ (an AttributeError each time).
-    def pauseProducing(self) -> None:
-        self.transport.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        self.transport.resumeProducing()
-
-    def _flushSendBIO(self) -> None:
-        """Twisted's, writing with L{write_now}."""
-        try:
-            data = self._tlsConnection.bio_read(2**15)
-        except WantReadError:
-            return  # nothing to send
-        write_now(self.transport, data)
-
-
 class _Turn:
     """
     The layers holding writes in this reactor turn. One C{callLater(0)}
@@ -133,15 +91,17 @@ def _turn_of(clock: IReactorTime) -> _Turn:
     return turn
 
 
-class TLSLayer(DirectTLS):
+class TLSLayer(TLSMemoryBIOProtocol):
     """
-    L{DirectTLS} holding the writes of one reactor turn and encrypting them
-    together at its end, as one record where they fit: a response is
-    several writes. Sending every connection's bytes once the turn's events
-    are handled, rather than each as it is written, also lets the next
-    C{epoll_wait} find more events at once: in S4a (docs/performance.md)
-    this cost 13% less CPU per request than real-server connections that
-    encrypted and sent each write at once.
+    Twisted's TLS layer, which declares the interfaces of the transport it
+    lays over once per connection instead of once per interface, sends its
+    records with L{write_now}, and holds the writes of one reactor turn,
+    encrypting them together at its end, as one record where they fit: a
+    response is several writes. Sending every connection's bytes once the
+    turn's events are handled, rather than each as it is written, also lets
+    the next C{epoll_wait} find more events at once: in S4a
+    (docs/performance.md) this cost 13% less CPU per request than
+    real-server connections that encrypted and sent each write at once.
     """
 
     MAX_HELD = 64000
@@ -151,6 +111,40 @@ class TLSLayer(DirectTLS):
     _held_size = 0
     _turn: _Turn | None = None
     """This layer's reactor's L{_Turn}, looked up on its first write."""
+
+    def makeConnection(self, transport: Any) -> None:
+        """
+        Twisted's, without its loop of one C{directlyProvides} call per
+        interface of the transport: each call builds a zope specification
+        afresh (about 30 us per TLS connection in the S2 and S3 profiles of
+        docs/performance.md), and the declaration
+        L{ProtocolWrapper.makeConnection} makes next replaces them all.
+        """
+        if not self._connectWrapped:
+            # No ProtocolWrapper declaration follows: keep Twisted's own.
+            super().makeConnection(transport)
+            return
+        self._tlsConnection = self.factory._creatorCallable(self)
+        self._appSendBuffer = []
+        ProtocolWrapper.makeConnection(self, transport)
+        self._checkHandshakeStatus()
+
+    # Pooled connections resume their transport on every request
+    # (Upstream.attach): defined here, these skip the failed lookup that
+    # ends in ProtocolWrapper.__getattr__ (an AttributeError each time).
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+
+    def _flushSendBIO(self) -> None:
+        """Twisted's, writing with L{write_now}."""
+        try:
+            data = self._tlsConnection.bio_read(2**15)
+        except WantReadError:
+            return  # nothing to send
+        write_now(self.transport, data)
 
     def write(self, data: bytes) -> None:
         if self.disconnecting and self._producer is None:

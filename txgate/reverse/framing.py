@@ -20,7 +20,7 @@ import re
 
 import attrs
 
-from txgate.http.proxying import Headers, comma_tokens
+from txgate.http.proxying import TOKEN, Headers, comma_tokens
 
 __all__ = [
     "BadHead",
@@ -100,13 +100,12 @@ def head_end(buffer: bytes | bytearray, limit: int, start: int = 0) -> int | Non
     return None
 
 
-_TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
 _CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/([0-9]+)\.([0-9]+)")
-_FIELD_NAME = re.compile(_TOKEN)
+_REQUEST_LINE = re.compile(rb"(" + TOKEN + rb") ([\x21-\x7e]+) HTTP/([0-9]+)\.([0-9]+)")
+_FIELD_NAME = re.compile(TOKEN)
 # Every field line at once: a token, a colon, a value without CR, LF or
 # control characters but HTAB, CRLF.
-_FIELD_LINES = re.compile(rb"(?:" + _TOKEN + rb":[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*")
+_FIELD_LINES = re.compile(rb"(?:" + TOKEN + rb":[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*")
 _CONTENT_LENGTH = re.compile(rb"[0-9]{1,19}")
 _SUPPORTED = frozenset({(b"1", b"0"), (b"1", b"1")})
 
@@ -266,7 +265,7 @@ hex digits and a value below 2**63 fit every such server.
 _HEXDIG = re.compile(rb"[0-9A-Fa-f]*")
 # CTLs other than HTAB; obs-text (0x80-0xFF) is allowed in extensions and trailers.
 _CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-_TRAILER_FIELD = re.compile(rb"(" + _TOKEN + rb"):(.*)", re.DOTALL)
+_TRAILER_FIELD = re.compile(rb"(" + TOKEN + rb"):(.*)", re.DOTALL)
 _FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding"})
 
 # ChunkedChecker states. Only the line states scan bytes; DATA skips them.

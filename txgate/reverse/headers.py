@@ -18,7 +18,7 @@ import re
 from base64 import b64decode
 from typing import Callable, Collection, Iterable
 
-from txgate.http.proxying import Headers, auth_scheme_and_token, comma_tokens, strip_hop_by_hop
+from txgate.http.proxying import TOKEN, Headers, auth_scheme_and_token, comma_tokens, strip_hop_by_hop
 
 __all__ = [
     "cookie_value",
@@ -33,7 +33,7 @@ __all__ = [
 
 _REPLACED = frozenset({b"host", b"x-forwarded-for", b"x-forwarded-proto", b"forwarded"})
 # RFC 7230 tchar: a Forwarded parameter value that is all tchar needs no quotes.
-_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_TOKEN = re.compile(TOKEN)
 _QUOTABLE = re.compile(rb"[\x20-\x7e\t]*")
 _QUOTED_SPECIALS = re.compile(rb'(["\\])')
 

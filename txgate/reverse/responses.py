@@ -16,7 +16,7 @@ import re
 
 import attrs
 
-from txgate.http.proxying import Headers, comma_tokens
+from txgate.http.proxying import TOKEN, Headers, comma_tokens
 from txgate.reverse.framing import BadHead, ChunkedChecker, head_end
 
 __all__ = ["BadResponse", "BodyReader", "MAX_RESPONSE_HEAD", "ResponseHead", "parse_response_head", "response_head_end"]
@@ -44,7 +44,7 @@ class ResponseHead:
 
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
 # Every field line at once (each ends in CRLF): one pass, no backtracking.
-_FIELD_LINES = re.compile(rb"(?:[-!#$%&'*+.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*")
+_FIELD_LINES = re.compile(rb"(?:" + TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*")
 _CONTENT_LENGTH = re.compile(rb"[0-9]{1,19}")
 
 
@@ -69,7 +69,7 @@ def parse_response_head(head: bytes) -> ResponseHead:
     @raise BadResponse: with the reason.
     """
     if not head.endswith(b"\r\n\r\n"):
-        head += b"\r\n" if head.endswith(b"\r\n") else b"\r\n\r\n"
+        raise BadResponse("response head does not end with an empty line")
     fields_start = head.find(b"\r\n") + 2
     fields_end = len(head) - 2
     status_line = _STATUS_LINE.fullmatch(head, 0, fields_start - 2)
@@ -106,7 +106,7 @@ def _fields_error(fields: bytes) -> BadResponse:
             if line[:1] in (b" ", b"\t"):
                 return BadResponse("obs-fold (line folding) in response header")
             return BadResponse(f"malformed response header line {line[:80]!r}")
-    raise AssertionError(f"no malformed line in {fields!r}")
+    return BadResponse("malformed response header section")
 
 
 # Body framings (RFC 9112 section 6.3).
