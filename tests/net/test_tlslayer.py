@@ -23,6 +23,7 @@ from twisted.test.iosim import IOPump, connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer, providedBy
 
+from txgate.net import tlslayer
 from txgate.net.tlslayer import TLSLayer, write_now
 from txgate.testing import make_ca, make_server_cert
 
@@ -164,6 +165,84 @@ def _tls() -> tuple[CertificateOptions, Any]:
     return _TLS[0]
 
 
+def _pair(
+    case: SynchronousTestCase, clock: Clock, client_protocol: type[protocol.Protocol] = protocol.Protocol
+) -> tuple[TLSLayer, TLSMemoryBIOProtocol, IOPump]:
+    """A L{TLSLayer} client over real TLS in memory with its handshake done, and the stock TLS server's layer."""
+    server_options, client_options = _tls()
+    server_factory = TLSMemoryBIOFactory(server_options, False, protocol.Factory.forProtocol(_Chunks), clock)
+    server_factory.protocol = TLSMemoryBIOProtocol
+    client_factory = TLSMemoryBIOFactory(client_options, True, protocol.Factory.forProtocol(client_protocol), clock)
+    client_factory.protocol = TLSLayer
+    client, server, pump = connectedServerAndClient(
+        lambda: server_factory.buildProtocol(None), lambda: client_factory.buildProtocol(None), clock=clock
+    )
+    pump.flush()
+    case.assertTrue(client._handshakeDone)
+    return client, server, pump
+
+
+class ReceiveTests(SynchronousTestCase):
+    """
+    L{TLSLayer} reads every record that arrives, however the bytes are cut,
+    without asking OpenSSL for more once its buffers are empty.
+    """
+
+    def _receiving(self) -> tuple[TLSLayer, TLSMemoryBIOProtocol, IOPump, list[int]]:
+        """The pair, with every C{recv} on the client's TLS connection counted."""
+        client, server, pump = _pair(self, Clock(), _Chunks)
+        connection = client._tlsConnection
+        calls: list[int] = []
+        recv = connection.recv
+
+        def counted(size: int) -> bytes:
+            calls.append(size)
+            return recv(size)
+
+        connection.recv = counted
+        return client, server, pump, calls
+
+    def test_records_in_one_read(self) -> None:
+        """Three records arriving in one read are each delivered, in order, with one C{recv} apiece."""
+        client, server, pump, calls = self._receiving()
+        for text in (b"one", b"two", b"three"):
+            TLSMemoryBIOProtocol.write(server, text)
+        pump.flush()
+        self.assertEqual(client.wrappedProtocol.chunks, [b"one", b"two", b"three"])
+        self.assertEqual(len(calls), 3)
+
+    def test_byte_by_byte(self) -> None:
+        """A record cut into single bytes is delivered once whole."""
+        client, server, pump, calls = self._receiving()
+        records = []
+        server.transport.write = records.append  # what the server would send, kept back
+        TLSMemoryBIOProtocol.write(server, b"in pieces")
+        data = b"".join(records)
+        for index in range(len(data)):
+            client.dataReceived(data[index : index + 1])
+        self.assertEqual(client.wrappedProtocol.chunks, [b"in pieces"])
+
+    def test_close_after_data(self) -> None:
+        """The data before a close_notify is delivered, then the connection ends."""
+        client, server, pump, calls = self._receiving()
+        seen = client.wrappedProtocol
+        TLSMemoryBIOProtocol.write(server, b"last")
+        server.loseConnection()
+        pump.flush()
+        self.assertEqual(seen.chunks, [b"last"])
+        self.assertTrue(seen.lost)
+
+    def test_without_peeking(self) -> None:
+        """A pyOpenSSL whose BIOs cannot be looked into: records are read until OpenSSL wants more, as Twisted does."""
+        client, server, pump, calls = self._receiving()
+        self.patch(tlslayer, "_CAN_PEEK", False)
+        for text in (b"one", b"two"):
+            TLSMemoryBIOProtocol.write(server, text)
+        pump.flush()
+        self.assertEqual(client.wrappedProtocol.chunks, [b"one", b"two"])
+        self.assertEqual(len(calls), 3)
+
+
 class TurnFlushTests(SynchronousTestCase):
     """
     L{TLSLayer} holds the writes of a reactor turn and sends them when it
@@ -172,16 +251,7 @@ class TurnFlushTests(SynchronousTestCase):
 
     def _pair(self, clock: Clock) -> tuple[TLSLayer, _Chunks, IOPump]:
         """A L{TLSLayer} client with its handshake done, and what the stock TLS server behind it reads."""
-        server_options, client_options = _tls()
-        server_factory = TLSMemoryBIOFactory(server_options, False, protocol.Factory.forProtocol(_Chunks), clock)
-        server_factory.protocol = TLSMemoryBIOProtocol
-        client_factory = TLSMemoryBIOFactory(client_options, True, protocol.Factory.forProtocol(protocol.Protocol), clock)
-        client_factory.protocol = TLSLayer
-        client, server, pump = connectedServerAndClient(
-            lambda: server_factory.buildProtocol(None), lambda: client_factory.buildProtocol(None), clock=clock
-        )
-        pump.flush()
-        self.assertTrue(client._handshakeDone)
+        client, server, pump = _pair(self, clock)
         return client, server.wrappedProtocol, pump
 
     def test_one_flush_per_turn(self) -> None:
