@@ -195,6 +195,30 @@ class ForwardingTests(SynchronousTestCase):
         self.assertEqual(client.value().count(b"HTTP/1.1 200 OK"), 2)
 
 
+    def test_stale_pooled_connection_eof_then_lost(self) -> None:
+        """
+        A pooled connection that half-closes and then closes under a request
+        is retried once; its last event does not reach the fresh one, whose
+        close-delimited response then ends with its close.
+        """
+        h = _Harness()
+        proxy, client = h.client()
+        proxy.dataReceived(GET)
+        upstream = h.connector.pending[0].succeed()
+        upstream.dataReceived(OK)
+        proxy.dataReceived(GET)
+        upstream.readConnectionLost()
+        fresh = h.connector.pending[1].succeed()
+        upstream.connectionLost(Failure(error.ConnectionDone()))
+        self.assertEqual(len(h.connector.pending), 2)
+        fresh.dataReceived(b"HTTP/1.1 200 OK\r\n\r\nagain")
+        fresh.readConnectionLost()
+        response = client.value()
+        self.assertTrue(response.endswith(b"5\r\nagain\r\n0\r\n\r\n"), response)
+        self.assertEqual([e["status"] for e in h.records.events], [200, 200])
+        self.assertFalse(client.disconnecting)
+
+
 class ErrorTests(SynchronousTestCase):
     """
     Requests txgate cannot forward get a proper status, a log record naming
@@ -470,3 +494,105 @@ class PoolSafetyTests(SynchronousTestCase):
         other.dataReceived(GET)
         self.assertEqual(len(h.connector.pending), 2)
         self.assertNotIn(b"stale!", other_client.value())
+
+
+class ReadingTests(SynchronousTestCase):
+    """
+    Client requests are read as strictly as reverse mode reads them (what
+    could be read two ways is refused); origin responses as leniently as
+    browsers read them.
+    """
+
+    def _bad(self, data: bytes) -> tuple[bytes, dict[str, Any]]:
+        h = _Harness()
+        proxy, client = h.client()
+        proxy.dataReceived(data)
+        self.assertTrue(client.disconnecting)
+        self.assertEqual(h.connector.pending, [])
+        [record] = h.records.events
+        return client.value(), record
+
+    def test_smuggling_refused(self) -> None:
+        """Content-Length with Transfer-Encoding, or a folded header, gets 400 naming the reason."""
+        both = b"POST http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+        response, record = self._bad(both)
+        self.assertTrue(response.startswith(b"HTTP/1.1 400 Bad Request\r\n"), response)
+        self.assertEqual(record["reason"], "malformed HTTP request: request smuggling: both Content-Length and Transfer-Encoding")
+        folded = b"GET http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\nX-A: one\r\n two\r\n\r\n"
+        response, record = self._bad(folded)
+        self.assertTrue(response.startswith(b"HTTP/1.1 400 Bad Request\r\n"), response)
+        self.assertIn("obs-fold", record["reason"])
+
+    def test_bad_chunked_body(self) -> None:
+        """A chunked request body that breaks its framing gets 400, and the connection closes."""
+        h = _Harness()
+        proxy, client = h.client()
+        proxy.dataReceived(b"POST http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\nTransfer-Encoding: chunked\r\n\r\n")
+        upstream = h.connector.pending[0].succeed()
+        proxy.dataReceived(b"zz\r\nhello\r\n")
+        self.assertIn(b"HTTP/1.1 400 Bad Request\r\n", client.value())
+        self.assertTrue(client.disconnecting)
+        self.assertTrue(any("malformed chunked body" in str(e.get("reason")) for e in h.records.events))
+        self.assertNotIn(b"hello", upstream.transport.value())
+
+    def test_lenient_origin(self) -> None:
+        """
+        A response head with bare LF line ends and a folded header reaches
+        the client with CRLFs and the header unfolded.
+        """
+        h = _Harness()
+        proxy, client = h.client()
+        proxy.dataReceived(GET)
+        upstream = h.connector.pending[0].succeed()
+        upstream.dataReceived(b"HTTP/1.1 200 OK\nX-Folded: one\n  two\nContent-Length: 5\n\nhello")
+        response = client.value()
+        self.assertTrue(response.startswith(b"HTTP/1.1 200 OK\r\nx-folded: one two\r\ncontent-length: 5\r\n"), response)
+        self.assertTrue(response.endswith(b"\r\n\r\nhello"))
+        self.assertEqual(h.records.events[0]["status"], 200)
+
+    def test_malformed_origin(self) -> None:
+        """A response that is not HTTP gets 502 naming the upstream's fault."""
+        h = _Harness()
+        proxy, client = h.client()
+        proxy.dataReceived(GET)
+        upstream = h.connector.pending[0].succeed()
+        upstream.dataReceived(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
+        self.assertTrue(client.value().startswith(b"HTTP/1.1 502 Bad Gateway\r\n"))
+        self.assertTrue(upstream.transport.disconnecting)
+        self.assertIn("malformed HTTP response from upstream", h.records.events[0]["reason"])
+
+    def test_pipelined(self) -> None:
+        """Two requests in one read are answered in order, the second once the first is done."""
+        h = _Harness()
+        proxy, client = h.client()
+        proxy.dataReceived(GET + GET)
+        upstream = h.connector.pending[0].succeed()
+        self.assertEqual(upstream.transport.value().count(b"GET /a?b=1 HTTP/1.1"), 1)
+        upstream.dataReceived(OK)
+        self.assertEqual(upstream.transport.value().count(b"GET /a?b=1 HTTP/1.1"), 2)
+        upstream.dataReceived(OK)
+        self.assertEqual(client.value().count(b"HTTP/1.1 200 OK"), 2)
+        self.assertEqual([e["seq"] for e in h.records.events], [1, 2])
+        self.assertFalse(client.disconnecting)
+
+    def test_http10_client(self) -> None:
+        """An HTTP/1.0 client gets a body of unknown length ended by the close, and the connection closes."""
+        h = _Harness()
+        proxy, client = h.client()
+        proxy.dataReceived(b"GET http://origin.test/ HTTP/1.0\r\n\r\n")
+        upstream = h.connector.pending[0].succeed()
+        upstream.dataReceived(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        response = client.value()
+        self.assertNotIn(b"chunked", response.lower())
+        self.assertTrue(response.endswith(b"\r\n\r\nhello"), response)
+        self.assertTrue(client.disconnecting)
+
+    def test_half_close_mid_head(self) -> None:
+        """A client that closes its side in the middle of a head gets 400."""
+        h = _Harness()
+        proxy, client = h.client()
+        proxy.dataReceived(b"GET http://origin.test/ HTTP/1.1\r\nHost: ori")
+        proxy.readConnectionLost()
+        self.assertTrue(client.value().startswith(b"HTTP/1.1 400 Bad Request\r\n"))
+        self.assertIn("before the request head was complete", h.records.events[0]["reason"])
+        self.assertTrue(client.disconnecting)

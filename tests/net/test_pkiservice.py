@@ -78,7 +78,7 @@ class ExplicitServiceTests(SynchronousTestCase):
 
     def assertCRL(self, h: _Harness, client: StringTransport) -> None:
         status, headers, body = _split(client.value())
-        self.assertEqual(status, b"HTTP/1.1 200 ")
+        self.assertEqual(status, b"HTTP/1.1 200 OK")
         self.assertEqual(headers[b"content-type"], b"application/pkix-crl")
         self.assertEqual(headers[b"content-length"], str(len(body)).encode("ascii"))
         self.assertEqual(body, h.authority.crl_der())
@@ -171,7 +171,7 @@ class ExplicitServiceTests(SynchronousTestCase):
         self.assertEqual(client.value(), b"")  # the body is still to come
         proxy.dataReceived(request)
         status, headers, body = _split(client.value())
-        self.assertEqual(status, b"HTTP/1.1 200 ")
+        self.assertEqual(status, b"HTTP/1.1 200 OK")
         self.assertEqual(headers[b"content-type"], b"application/ocsp-response")
         response = ocsp.load_der_ocsp_response(body)
         self.assertEqual(response.certificate_status, ocsp.OCSPCertStatus.GOOD)
@@ -186,7 +186,7 @@ class ExplicitServiceTests(SynchronousTestCase):
         proxy, client = h.client()
         proxy.dataReceived(b"HEAD http://crl.test/txgate.crl HTTP/1.1\r\nHost: crl.test\r\n\r\n")
         status, headers, body = _split(client.value())
-        self.assertEqual(status, b"HTTP/1.1 200 ")
+        self.assertEqual(status, b"HTTP/1.1 200 OK")
         self.assertEqual(headers[b"content-length"], str(len(h.authority.crl_der())).encode("ascii"))
         self.assertEqual(body, b"")
 
@@ -330,5 +330,5 @@ class TransparentServiceTests(SynchronousTestCase):
         handler.makeConnection(client)
         handler.dataReceived(b"GET /txgate.crl HTTP/1.1\r\nHost: crl.test\r\n\r\n")
         status, headers, body = _split(client.value())
-        self.assertEqual((status, headers[b"content-type"]), (b"HTTP/1.1 200 ", b"application/pkix-crl"))
+        self.assertEqual((status, headers[b"content-type"]), (b"HTTP/1.1 200 OK", b"application/pkix-crl"))
         self.assertEqual(body, h.authority.crl_der())

@@ -32,7 +32,6 @@ __all__ = [
     "VIA",
     "RETRYABLE",
     "TOKEN",
-    "as_bytes",
 ]
 
 VIA = b"1.1 txgate"
@@ -60,15 +59,6 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 RETRYABLE = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 """Methods retried once on a new connection when a kept-alive one was closed under them."""
 
-
-def as_bytes(pieces: list[object] | None) -> list[bytes]:
-    """
-    h11 hands out body data as slices of its receive buffer (bytearray);
-    Twisted transports take only bytes.
-    """
-    if not pieces:
-        return []
-    return [p if type(p) is bytes else bytes(p) for p in pieces]  # type: ignore[arg-type]
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -239,9 +229,10 @@ def request_headers_upstream(headers: Headers, target: Target, chunked: bool) ->
     """
     The headers to send upstream for a request the client sent to the proxy.
 
-    @param headers: as h11 gives them (lower-case names).
+    @param headers: as L{txgate.http.framing.check_head} gives them
+        (lower-case names).
     @param chunked: whether the client framed the body with chunked coding;
-        the framing header is re-added so h11 frames the body upstream.
+        the framing header is re-added, and the body goes on chunked.
     """
     out = [(n, v) for n, v in strip_hop_by_hop(headers) if n != b"host"]
     out.insert(0, (b"host", target.authority.encode("ascii")))
@@ -253,8 +244,9 @@ def request_headers_upstream(headers: Headers, target: Target, chunked: bool) ->
 def response_headers_downstream(headers: Headers) -> Headers:
     """
     The headers to send the client for a response from upstream. Without
-    Content-Length, h11 picks the framing the client understands (chunked for
-    HTTP/1.1, close-delimited for HTTP/1.0).
+    Content-Length, L{txgate.http.framing.frame_response} picks the framing
+    the client understands (chunked for HTTP/1.1, close-delimited for
+    HTTP/1.0).
     """
     return _with_via(strip_hop_by_hop(headers))
 

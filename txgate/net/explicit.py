@@ -4,16 +4,20 @@ The explicit HTTP proxy service (C{kind = "explicit-http"}): absolute-form
 requests forwarded with streamed bodies and pooled keep-alive upstream
 connections, and CONNECT tunnels that go through the connection pipeline.
 
-h11 parses and frames both sides; this module moves bytes between them and
-keeps the books (session counters, access log).
+Requests are read with the strict request reader reverse mode uses
+(L{txgate.http.framing}: request smuggling is refused on both); origin
+servers' responses with L{txgate.http.responses}, leniently, as browsers
+read them. This module moves bytes between the two sides and keeps the books
+(session counters, access log).
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+from http import HTTPStatus
+
 import attrs
-import h11
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -25,8 +29,8 @@ from txgate.config import ServiceConfig
 from txgate.errors import PeerProtocolError
 from txgate.http.proxying import (
     RETRYABLE,
+    Headers,
     Target,
-    as_bytes,
     connection_auth,
     error_page,
     parse_target,
@@ -34,12 +38,21 @@ from txgate.http.proxying import (
     response_headers_downstream,
 )
 from txgate.interfaces import Checkpoint, Decision
+from txgate.net.http1 import ClientConnection, ServerResponse
 from txgate.net.idle import IdleWatch
 from txgate.net.intercept import has_idle_upstreams
 from txgate.net.pipeline import Delegating, Pipeline, PipelineSettings
 from txgate.net.transaction import Transaction, identify_client, open_session
 from txgate.net.upstream import Connector, Upstream, UpstreamPool, describe_connect_failure
 from txgate.pki.authority import MAX_OCSP_BODY
+from txgate.http.framing import (
+    BadHead,
+    Framing,
+    RequestBody,
+    RequestHead,
+    response_head,
+)
+from txgate.http.responses import BodyReader, ResponseHead
 from txgate.session import Address, ClientProtocol, Session
 
 __all__ = ["ExplicitProxyFactory", "ExplicitProxy"]
@@ -57,12 +70,11 @@ _REASONS = {
 }
 
 
-def _head_size(request: h11.Request) -> int:
-    """The size of a request head as sent, near enough to enforce a limit."""
-    size = len(request.method) + len(request.target) + 12
-    for name, value in request.headers.raw_items():
-        size += len(name) + len(value) + 4
-    return size
+def _phrase(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b"Unknown"
 
 
 class ExplicitProxyFactory(Factory):
@@ -95,7 +107,7 @@ class ExplicitProxyFactory(Factory):
         return protocol
 
 
-class ExplicitProxy(Delegating):
+class ExplicitProxy(ClientConnection, Delegating):
     """
     One client connection to the explicit service.
 
@@ -119,12 +131,22 @@ class ExplicitProxy(Delegating):
         """Start reading HTTP requests on this connection for C{self.session}."""
         factory = self.factory
         service = factory.service
-        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=service.max_header_size)
+        self._buffer = bytearray()
+        self._scanned = 0
+        self._max_head = service.max_header_size
+        self._pending = bytearray()
+        """Bytes after the head: its body, then pipelined requests, which wait."""
+        self._request: RequestHead | None = None
+        """The request being read and answered, once its head is whole."""
+        self._body: RequestBody | None = None
+        self._request_ended = False
+        self._framing = None
+        self._eof = False
+        """Whether the client half-closed."""
         self._exchange: _Exchange | None = None
         self._reading = True
         self._closing = False
         self._cycle_in = self.session.bytes_in
-        self._line_seen = False
         self._idle: IdleWatch | None = IdleWatch(factory.reactor, service.idle_timeout, self._timed_out)
         self.spare: Upstream | None = None
 
@@ -156,16 +178,17 @@ class ExplicitProxy(Delegating):
             self._idle.touch()
         if self._closing:
             return
-        if not self._reading:
-            # Bytes while an exchange is under way (pipelined requests, or
-            # the upstream, as our producer's consumer, resumed us): they
-            # wait in h11, and reading stops so they cannot pile up.
-            self.transport.pauseProducing()
-            self._paused = True
-        if not self._line_seen and self._conn.their_state is h11.IDLE:
-            self._line_seen = b"\n" in data
-        self._conn.receive_data(data)
-        self._process()
+        self._bytes_in(data)
+
+    def _head_refused(self, error: BadHead) -> None:
+        self._bad_request(error)
+
+    def _body_refused(self, status: int, reason: str) -> None:
+        self._bad_request(BadHead(status, reason))
+
+    def _body_waits(self) -> None:
+        if self._eof:
+            self._bad_request(BadHead(400, "the client closed its side before the request body was complete"))
 
     def readConnectionLost(self) -> None:
         if self._delegate is not None:
@@ -173,8 +196,15 @@ class ExplicitProxy(Delegating):
             return
         if self._closing:
             return
-        self._conn.receive_data(b"")
-        self._process()
+        self._eof = True
+        if self._request is None:
+            if self._buffer.strip(b"\r\n"):
+                self._bad_request(BadHead(400, "the client closed its side before the request head was complete"))
+            elif self._exchange is None:
+                self._closing = True
+                self.transport.loseConnection()
+        elif self._reading and not self._request_ended:
+            self._body_in()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.factory.sessions.pop(self.session.id, None)
@@ -186,33 +216,6 @@ class ExplicitProxy(Delegating):
         self._closing = True
         if self._exchange is not None:
             self._exchange.client_lost(reason)
-
-    def _process(self) -> None:
-        conn = self._conn
-        while self._reading and not self._closing:
-            try:
-                event = conn.next_event()
-            except h11.RemoteProtocolError as e:
-                self._bad_request(e)
-                return
-            if event is h11.NEED_DATA or event is h11.PAUSED:
-                return
-            if isinstance(event, h11.Request):
-                self._request(event)
-            elif isinstance(event, h11.Data):
-                assert self._exchange is not None
-                self._exchange.client_data(event.data)
-            elif isinstance(event, h11.EndOfMessage):
-                assert self._exchange is not None
-                self._exchange.client_end(list(event.headers))
-            elif isinstance(event, h11.ConnectionClosed):
-                if self._exchange is None:
-                    self.transport.loseConnection()
-                    self._closing = True
-                return
-
-    _paused = False
-    """Whether this protocol paused its transport (bytes came while not reading)."""
 
     def pause_reading(self) -> None:
         """
@@ -227,16 +230,21 @@ class ExplicitProxy(Delegating):
         if self._paused:
             self._paused = False
             self.transport.resumeProducing()
-        self._process()
+        if self._request is not None:
+            self._body_in()
+        elif self._pending:
+            data = bytes(self._pending)
+            self._pending.clear()
+            self._head_in(data)
+        elif self._eof:
+            self._closing = True
+            self.transport.loseConnection()
 
     # -- writing to the client ----------------------------------------------
 
-    def send(self, event: Any) -> None:
-        """Frame C{event} with the client's h11 state and write it."""
-        pieces = as_bytes(self._conn.send_with_data_passthrough(event))
-        if pieces:
-            self.session.bytes_out += sum(len(p) for p in pieces)
-            self.transport.writeSequence(pieces)
+    def _send(self, pieces: list[bytes]) -> None:
+        self.session.bytes_out += sum(len(p) for p in pieces)
+        self.transport.writeSequence(pieces)
 
     def error(
         self,
@@ -264,7 +272,7 @@ class ExplicitProxy(Delegating):
             transaction = self._transaction("-", "-")
         transaction.log(status, verdict, reason)
 
-    def target_of(self, request: h11.Request) -> Target:
+    def target_of(self, request: RequestHead) -> Target:
         """
         Where a request goes: an explicit proxy reads absolute-form targets
         and CONNECT authorities.
@@ -277,12 +285,13 @@ class ExplicitProxy(Delegating):
         factory = self.factory
         return Transaction.begin(factory.access, factory.reactor, self.session, method, target, self._cycle_in)
 
-    def _bad_request(self, e: h11.RemoteProtocolError) -> None:
-        status = e.error_status_hint
-        reason = f"malformed HTTP request: {e}"
+    def _bad_request(self, e: BadHead) -> None:
+        status = e.status
+        reason = f"malformed HTTP request: {e.reason}"
         if status == 431:
             limit = self.factory.service.max_header_size
-            if not self._line_seen:
+            line_end = self._buffer.find(b"\n", 0, limit)
+            if line_end < 0:
                 status, reason = 414, f"request line longer than {limit} bytes"
             else:
                 reason = f"request head larger than {limit} bytes"
@@ -298,7 +307,7 @@ class ExplicitProxy(Delegating):
         exchange = self._exchange
         if exchange is not None:
             exchange.timed_out(reason)
-        elif self.session.bytes_in > self._cycle_in and self._conn.their_state is h11.IDLE:
+        elif self.session.bytes_in > self._cycle_in and self._request is None:
             self.error(None, 408, f"{reason} while reading the request head")
         else:
             self._closing = True
@@ -306,19 +315,10 @@ class ExplicitProxy(Delegating):
 
     # -- requests -----------------------------------------------------------
 
-    def _request(self, request: h11.Request) -> None:
+    def _request_in(self, request: RequestHead) -> None:
         method = request.method.decode("ascii", "replace")
         raw_target = request.target.decode("ascii", "replace")
         transaction = self._transaction(method, raw_target)
-        limit = self.factory.service.max_header_size
-        if _head_size(request) > limit:
-            # h11 enforces its cap only on heads still incomplete; one that
-            # arrives whole in a single read is checked here.
-            if len(request.target) + len(request.method) + 12 > limit:
-                self.error(transaction, 414, f"request line longer than {limit} bytes")
-            else:
-                self.error(transaction, 431, f"request head larger than {limit} bytes")
-            return
         try:
             target = self.target_of(request)
         except PeerProtocolError as e:
@@ -365,7 +365,7 @@ class ExplicitProxy(Delegating):
 
     def _authenticate(
         self,
-        request: h11.Request,
+        request: RequestHead,
         target: Target,
         transaction: Transaction,
         facts: Mapping[str, object],
@@ -400,11 +400,8 @@ class ExplicitProxy(Delegating):
             Checkpoint.REQUEST, self.session, {**facts, "user": outcome.user, "authenticated": True}
         )
 
-    def _connect(self, request: h11.Request, target: Target, transaction: Transaction, decision: Decision) -> None:
-        # A CONNECT request has no body: take its end now, then wait for the
-        # upstream before reading anything the client sends next.
-        event = self._conn.next_event()
-        assert isinstance(event, h11.EndOfMessage), event
+    def _connect(self, request: RequestHead, target: Target, transaction: Transaction, decision: Decision) -> None:
+        # What the client sends next waits for the upstream.
         if has_idle_upstreams(self.factory.settings.authority, target.host, target.port):
             # Interception keeps verified connections to this server: the
             # client (most likely its TLS again) is answered at once, and a
@@ -435,11 +432,12 @@ class ExplicitProxy(Delegating):
                 upstream.transport.loseConnection()
             return
         transaction.upstream = "new"
-        self.send(h11.Response(status_code=200, headers=[], reason=b"Connection established"))
-        replay, _ = self._conn.trailing_data
+        self._send([response_head(200, b"Connection established", [])])
+        replay = bytes(self._pending)
         # The stream is the pipeline's now: this connection's HTTP state is
         # never read again, and an idle tunnel need not keep it.
-        del self._conn
+        self._request = self._framing = None
+        self._buffer, self._pending = bytearray(), bytearray()
         session = self.session
         session.destination = Address(target.host, target.port)
         if self._idle is not None:
@@ -466,12 +464,18 @@ class ExplicitProxy(Delegating):
         The current exchange is over: read the next request, or close.
         """
         self._exchange = None
-        conn = self._conn
         if self._closing:
             return
-        if reusable and conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-            conn.start_next_cycle()
-            self._line_seen = False
+        request, framing = self._request, self._framing
+        if (
+            reusable
+            and self._request_ended
+            and request is not None
+            and request.keep_alive
+            and framing is not None
+            and not framing.close
+        ):
+            self._request = self._framing = None
             self._cycle_in = self.session.bytes_in
             self.resume_reading()
         else:
@@ -499,7 +503,7 @@ class _ConnectLater:
 class _AuthorityExchange:
     """A request for C{crl_host}, answered by the L{Authority} itself."""
 
-    def __init__(self, proxy: ExplicitProxy, request: h11.Request, target: Target, transaction: Transaction, authority: Any) -> None:
+    def __init__(self, proxy: ExplicitProxy, request: RequestHead, target: Target, transaction: Transaction, authority: Any) -> None:
         self._proxy = proxy
         self._method = request.method.decode("ascii", "replace")
         self._path = target.path.decode("ascii", "replace")
@@ -521,10 +525,9 @@ class _AuthorityExchange:
             proxy.error(self._transaction, 413, f"request body larger than {MAX_OCSP_BODY} bytes")
             return
         answer = self._authority.http_answer(self._method, self._path, bytes(self._body))
-        proxy.send(h11.Response(status_code=answer.status, headers=answer.headers()))
-        if self._method != "HEAD":
-            proxy.send(h11.Data(data=answer.body))
-        proxy.send(h11.EndOfMessage())
+        proxy.send_response(answer.status, _phrase(answer.status), answer.headers())
+        proxy.send_data(answer.body)  # nothing for HEAD: the framing knows
+        proxy.send_end([])
         self._transaction.log(answer.status, "allow")
         proxy.exchange_done(True)
 
@@ -535,15 +538,16 @@ class _AuthorityExchange:
         self._proxy.error(self._transaction, 408, f"{reason} while reading the request body")
 
 
-class _Exchange:
+class _Exchange(ServerResponse):
     """
     One request forwarded upstream and its response forwarded back, bodies
     streamed with each side the other's producer.
     """
 
     _log = Logger()
+    lenient = True  # origin servers are read as browsers read them
 
-    def __init__(self, proxy: ExplicitProxy, request: h11.Request, target: Target, transaction: Transaction) -> None:
+    def __init__(self, proxy: ExplicitProxy, request: RequestHead, target: Target, transaction: Transaction) -> None:
         self._proxy = proxy
         self._request = request
         self._target = target
@@ -553,13 +557,16 @@ class _Exchange:
         self._retried = False
         self._request_done = False
         self._response_started = False
-        self._response_done = False
         self._upstream_eof = False
         self._finished = False
         self._registered = False
-        self._upstream_error = ""
-        self._response_headers: Any = ()
-        self._has_body = any(n in (b"content-length", b"transfer-encoding") for n, _ in request.headers)
+        self._response_headers: Headers = []
+        self._framing: Framing | None = None
+        """How the request is framed upstream."""
+        self._inbox = bytearray()
+        """Response bytes until a whole head is here."""
+        self._body: BodyReader | None = None
+        """The final response's body, once its head is read."""
 
     def start(self) -> None:
         proxy = self._proxy
@@ -572,7 +579,7 @@ class _Exchange:
             # client, or one its interceptor hands out.
             proxy.spare = None
             if spare is not None and spare.lost is None and not spare.eof:
-                d: Deferred[tuple[Upstream, bool]] = succeed((spare, spare.h11 is not None))
+                d: Deferred[tuple[Upstream, bool]] = succeed((spare, spare.exchanges > 0))
             else:
                 if spare is not None:
                     spare.transport.loseConnection()
@@ -606,45 +613,40 @@ class _Exchange:
         self._upstream = upstream
         self._reused = reused
         self._transaction.upstream = "reused" if reused else "new"
-        if upstream.h11 is None:
-            upstream.h11 = h11.Connection(h11.CLIENT)
         request = self._request
-        chunked = any(n == b"transfer-encoding" for n, _ in request.headers)
-        headers = request_headers_upstream(list(request.headers), self._target, chunked)
-        # _parsed: h11 read and checked the client's headers; Host comes
-        # from the parsed target and Via is txgate's own, so h11's field
-        # regexes need not run over them again.
-        self._write_upstream(
-            h11.Request(method=request.method, target=self._target.path, headers=headers, _parsed=True)
-        )
+        headers = request_headers_upstream(request.headers, self._target, request.chunked)
+        self._framing = framing = Framing.request(request.method, self._target.path, headers, request.chunked)
+        self._inbox.clear()
+        self._body = None
+        self._upstream_eof = False
+        self._write_upstream([framing.head])
         client, server = self._proxy.transport, upstream.transport
         server.registerProducer(client, True)
         client.registerProducer(server, True)
         self._registered = True
         upstream.attach(self)
         if self._request_done:
-            self._write_upstream(h11.EndOfMessage())
+            self._write_upstream([framing.end([])])  # a retry: the request had no body
         elif not self._finished:
             self._proxy.resume_reading()
 
-    def _write_upstream(self, event: Any) -> None:
+    def _write_upstream(self, pieces: list[bytes]) -> None:
         assert self._upstream is not None
-        pieces = as_bytes(self._upstream.h11.send_with_data_passthrough(event))
-        if pieces:
+        if pieces and pieces != [b""]:
             self._upstream.transport.writeSequence(pieces)
 
     # -- client side ----------------------------------------------------------
 
     def client_data(self, data: bytes) -> None:
-        self._write_upstream(h11.Data(data=data))
+        assert self._framing is not None
+        self._write_upstream(self._framing.data(data))
 
-    def client_end(self, trailers: list[tuple[bytes, bytes]]) -> None:
+    def client_end(self, trailers: Headers) -> None:
         self._request_done = True
         self._proxy.pause_reading()
         if self._upstream is not None:
-            self._write_upstream(h11.EndOfMessage(headers=trailers))
-        if self._response_done and not self._finished:
-            self._finish()
+            assert self._framing is not None
+            self._write_upstream([self._framing.end(trailers)])
 
     def client_lost(self, reason: Failure | None) -> None:
         if self._finished:
@@ -676,9 +678,13 @@ class _Exchange:
         idle = self._proxy._idle
         if idle is not None:
             idle.touch()
-        assert self._upstream is not None
-        self._upstream.h11.receive_data(data)
-        self._pump()
+        if self._finished:
+            return
+        if self._body is None:
+            self._inbox += data
+            self._heads()
+        else:
+            self._body_in(data)
 
     def upstream_eof(self) -> None:
         self._read_eof()
@@ -689,14 +695,6 @@ class _Exchange:
         self._read_eof()
         if not self._finished:
             self._upstream_closed(reason)
-
-    def _read_eof(self) -> None:
-        """Tell h11 the server closed: a close-delimited body ends here."""
-        if not self._upstream_eof:
-            self._upstream_eof = True
-            assert self._upstream is not None
-            self._upstream.h11.receive_data(b"")
-            self._pump()
 
     def _upstream_closed(self, reason: Failure | None) -> None:
         """
@@ -713,7 +711,7 @@ class _Exchange:
             not self._response_started
             and self._reused
             and not self._retried
-            and not self._has_body
+            and not self._request.has_body
             and self._request.method in RETRYABLE
         ):
             # A pooled connection the server closed while idle: try once more
@@ -727,6 +725,7 @@ class _Exchange:
             if d is not None:
                 self._retried = True
                 self._upstream = None
+                upstream.detach()  # its last events are not the next connection's
                 d.addCallbacks(self._connected, self._connect_failed)
                 return
         if not self._response_started:
@@ -737,61 +736,27 @@ class _Exchange:
                 f"upstream {self._target.authority} closed the connection before responding ({detail})",
             )
             return
-        received = self._upstream_error or detail
-        self._abort(f"upstream {self._target.authority} closed the connection mid-body: {received}")
+        self._abort(f"upstream {self._target.authority} closed the connection mid-body: {detail}")
 
-    def _pump(self) -> None:
-        upstream = self._upstream
-        assert upstream is not None
-        proxy = self._proxy
-        while not self._finished:
-            try:
-                event = upstream.h11.next_event()
-            except h11.RemoteProtocolError as e:
-                if self._upstream_eof:
-                    self._upstream_error = str(e)
-                    return  # _upstream_closed decides
-                if self._response_started:
-                    self._abort(f"malformed HTTP response from upstream: {e}")
-                else:
-                    self._finished = True
-                    self._unregister()
-                    upstream.transport.loseConnection()
-                    proxy.error(self._transaction, 502, f"malformed HTTP response from upstream: {e}")
-                return
-            if event is h11.NEED_DATA or event is h11.PAUSED:
-                return
-            if isinstance(event, h11.InformationalResponse):
-                if event.status_code == 101:
-                    self._finished = True
-                    self._unregister()
-                    upstream.transport.loseConnection()
-                    proxy.error(self._transaction, 502, "upstream switched protocols without being asked")
-                    return
-                proxy.send(event)
-            elif isinstance(event, h11.Response):
-                self._response_started = True
-                self._status = event.status_code
-                self._response_headers = event.headers
-                proxy.send(
-                    h11.Response(
-                        status_code=event.status_code,
-                        headers=response_headers_downstream(list(event.headers)),
-                        reason=event.reason,
-                        _parsed=True,  # h11 read these from the server (Via is txgate's)
-                    )
-                )
-            elif isinstance(event, h11.Data):
-                proxy.send(event)
-            elif isinstance(event, h11.EndOfMessage):
-                proxy.send(h11.EndOfMessage(headers=list(event.headers)))
-                self._response_done = True
-                # When the server answered before the request body ended (an
-                # error, typically), _finish closes the client connection.
-                self._finish()
-                return
-            elif isinstance(event, h11.ConnectionClosed):
-                return
+    def _switching(self, head: ResponseHead, rest: bytes) -> None:
+        self._bad_response("upstream switched protocols without being asked", prefix=False)
+
+    def _respond(self, head: ResponseHead) -> None:
+        self._response_headers = head.headers
+        self._proxy.send_response(head.status, head.reason, response_headers_downstream(head.headers))
+
+    def _bad_response(self, reason: str, prefix: bool = True) -> None:
+        """A response that cannot be forwarded: 502 before it began, both connections cut after."""
+        if prefix:
+            reason = f"malformed HTTP response from upstream: {reason}"
+        if self._response_started:
+            self._abort(reason)
+            return
+        self._finished = True
+        self._unregister()
+        assert self._upstream is not None
+        self._upstream.transport.loseConnection()
+        self._proxy.error(self._transaction, 502, reason)
 
     def _transaction_status(self) -> int | None:
         return getattr(self, "_status", None)
@@ -820,19 +785,16 @@ class _Exchange:
         self._finished = True
         self._unregister()
         upstream = self._upstream
-        assert upstream is not None
-        conn = upstream.h11
+        body = self._body
+        assert upstream is not None and body is not None
+        upstream.exchanges += 1
         target = self._target
         self._transaction.log(self._transaction_status(), "allow")
-        # A server that sent more than the response it owed (a body after a
-        # HEAD, a wrong Content-Length) must not be reused: the extra bytes
-        # would become the next client's response.
-        reusable_upstream = (
-            conn.our_state is h11.DONE and conn.their_state is h11.DONE and conn.trailing_data == (b"", False)
-        )
+        # Reused only once both messages ended where their framing said,
+        # and the server keeps the connection (BodyReader.reusable).
+        reusable_upstream = self._request_done and body.reusable
         if self._proxy.pinned:
             if reusable_upstream:
-                conn.start_next_cycle()
                 authenticating = connection_auth(self._request.headers, self._transaction_status(), self._response_headers)
                 self._proxy.keep_upstream(upstream, authenticating)
             else:
@@ -840,7 +802,6 @@ class _Exchange:
             self._proxy.exchange_done(self._request_done and reusable_upstream)
             return
         if reusable_upstream:
-            conn.start_next_cycle()
             self._proxy.factory.pool.put(target.scheme or "http", target.connect_host, target.port, upstream)
         else:
             upstream.transport.loseConnection()

@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
-import h11
 from twisted.plugin import IPlugin
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -24,6 +23,7 @@ from txgate.errors import PeerProtocolError
 from txgate.http.proxying import Target, error_response, parse_host_header, parse_target
 from txgate.interfaces import HandoffContext, IHandoff
 from txgate.net.explicit import ExplicitProxy
+from txgate.http.framing import BadHead, RequestHead
 from txgate.session import ClientProtocol
 
 __all__ = ["HTTPHandoff", "InnerHTTP"]
@@ -66,7 +66,7 @@ class InnerHTTP(ExplicitProxy):
             self._received += data
         super().dataReceived(data)
 
-    def target_of(self, request: h11.Request) -> Target:
+    def target_of(self, request: RequestHead) -> Target:
         """
         Origin-form targets go to the connection's destination; the Host
         header names it.
@@ -84,8 +84,8 @@ class InnerHTTP(ExplicitProxy):
                 name = parse_host_header(host)
         return Target(self.scheme, name, destination.port, path, address=destination.host)
 
-    def _bad_request(self, e: h11.RemoteProtocolError) -> None:
-        error = PeerProtocolError("http", f"malformed HTTP request: {e}", e.error_status_hint)
+    def _bad_request(self, e: BadHead) -> None:
+        error = PeerProtocolError("http", f"malformed HTTP request: {e.reason}", e.status)
         if self.spare is not None:
             # Nothing was forwarded yet: the pipeline may tunnel the stream
             # with every byte received, or close it, as policy says; either

@@ -10,7 +10,7 @@ The decisions are the pure cores in L{txgate.reverse}; this module moves
 bytes between them and keeps the books (ESP logs, counters). Client
 requests are read once, strictly, by L{check_head} and L{ChunkedChecker},
 and responses framed for the client by L{frame_response}; real servers'
-responses are read by L{txgate.reverse.responses}.
+responses are read by L{txgate.http.responses}.
 """
 
 from __future__ import annotations
@@ -28,20 +28,18 @@ from zope.interface import implementer
 from txgate import metrics
 from txgate.config import VirtualServiceConfig
 from txgate.http.proxying import RETRYABLE, Headers, connection_auth
+from txgate.net.http1 import ClientConnection, ServerResponse
 from txgate.net.idle import IdleWatch
 from txgate.net.realservers import Backend
 from txgate.net.upstream import Upstream, describe_connect_failure, no_delay
 from txgate.reverse import esplog
 from txgate.reverse.allowed import AmbiguousPath, HostRules, PathRules, normalize_target
 from txgate.reverse.balancing import scheduler_for
-from txgate.reverse.framing import (
+from txgate.http.framing import (
     BadHead,
-    ChunkedChecker,
     Framing,
+    RequestBody,
     RequestHead,
-    check_head,
-    frame_response,
-    head_end,
     response_head,
 )
 from txgate.reverse.headers import (
@@ -55,7 +53,7 @@ from txgate.reverse.headers import (
 )
 from txgate.reverse.persistence import CookiePersistence, CookieSigner, NoPersistence, SourceIPPersistence
 from txgate.reverse.proxyv2 import proxy_v2_header
-from txgate.reverse.responses import BadResponse, BodyReader, parse_response_head, response_head_end
+from txgate.http.responses import BodyReader, ResponseHead
 
 __all__ = ["EspLogs", "VirtualService", "ReverseProxyFactory"]
 
@@ -199,7 +197,7 @@ class ReverseProxyFactory(Factory):
         return protocol
 
 
-class ReverseProxy(Protocol):
+class ReverseProxy(ClientConnection, Protocol):
     """One client connection to a virtual service."""
 
     _log = Logger()
@@ -224,15 +222,13 @@ class ReverseProxy(Protocol):
         self._paused = False
         self._buffer = bytearray()
         self._scanned = 0
+        self._max_head = service.config.max_header_size
         self._request: RequestHead | None = None
         """The request being answered, from its head until its exchange is over."""
         self._pending = bytearray()
         """Bytes after the request head not handed on yet: its body, or the next request."""
-        self._body_left = 0
-        self._chunks: ChunkedChecker | None = None
+        self._body: RequestBody | None = None
         self._request_ended = False
-        self._framing: Framing | None = None
-        """The response's, once its head is sent."""
         self._response_done = False
         self._exchange: _Exchange | None = None
         self._tunnel: Upstream | None = None
@@ -269,89 +265,19 @@ class ReverseProxy(Protocol):
         if self._tunnel is not None:
             self._tunnel.transport.write(data)
             return
-        if self._request is None:
-            self._head_in(data)
-            return
-        self._pending += data
-        if not self._reading or self._request_ended:
-            # Pipelined or early bytes wait; no more are read until this
-            # exchange is over, so they cannot pile up. (Again each time:
-            # the real server's connection, as a consumer, may have resumed
-            # us.)
-            self._paused = True
-            self.transport.pauseProducing()
-            return
-        self._body_in()
+        self._bytes_in(data)
 
-    def _head_in(self, data: bytes) -> None:
-        """Hold bytes until a whole request head is here, and read it."""
-        buffer = self._buffer
-        buffer += data
-        try:
-            end = head_end(buffer, self.service.config.max_header_size, self._scanned)
-            if end is None:
-                # Armed only now: a kept-alive client's next head usually
-                # arrives whole, and a timer per request is two heap operations.
-                if self._head_timer is None:
-                    self._head_timer = self.service.reactor.callLater(
-                        self.service.config.header_timeout, self._head_timeout
-                    )
-                self._scanned = len(buffer)
-                return
-            request = check_head(memoryview(buffer)[:end].tobytes())
-        except BadHead as e:
-            self._refuse(e.status, e.reason)
-            return
+    def _head_waits(self) -> None:
+        # Armed only now: a kept-alive client's next head usually arrives
+        # whole, and a timer per request is two heap operations.
+        if self._head_timer is None:
+            self._head_timer = self.service.reactor.callLater(self.service.config.header_timeout, self._head_timeout)
+
+    def _head_read(self) -> None:
         self._stop_head_timer()
-        self._scanned = 0
-        self._pending += memoryview(buffer)[end:]
-        buffer.clear()
-        self._request = request
-        self._framing = None
-        self._response_done = False
-        self._body_left = request.length or 0
-        self._chunks = ChunkedChecker() if request.chunked else None
-        self._request_ended = not request.has_body
-        self._request_in(request)
-        if self._pending and not self._closing:
-            self._body_in()
 
-    def _body_in(self) -> None:
-        """
-        Hand on the request body in L{_pending}, as far as its framing
-        goes (a chunked one checked strictly, and decoded, on the way);
-        what follows the body is the next request's, and waits.
-        """
-        exchange = self._exchange
-        if not self._pending or not self._reading or self._request_ended or self._closing or exchange is None:
-            return
-        data = bytes(self._pending)
-        self._pending.clear()
-        pieces: list[bytes] = []
-        trailers: Headers = []
-        chunks = self._chunks
-        if chunks is not None:
-            try:
-                end = chunks.feed(data, pieces)
-            except BadHead as e:
-                self._refuse(e.status, f"malformed chunked body: {e.reason}")
-                return
-            trailers = chunks.trailers
-        else:
-            taken = min(self._body_left, len(data))
-            self._body_left -= taken
-            pieces.append(data if taken == len(data) else data[:taken])
-            end = taken if not self._body_left else None
-        if end is not None:
-            self._request_ended = True
-            self._pending += memoryview(data)[end:]
-        for piece in pieces:
-            if piece:
-                exchange.client_data(piece)
-                if self._exchange is not exchange or self._closing:
-                    return
-        if end is not None:
-            exchange.client_end(trailers)
+    def _head_refused(self, error: BadHead) -> None:
+        self._refuse(error.status, error.reason)
 
     def _stop_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -421,27 +347,6 @@ class ReverseProxy(Protocol):
         else:
             self.transport.writeSequence(pieces)
 
-    def send_informational(self, status: int, reason: bytes, headers: Headers) -> None:
-        """A 1xx response (100 Continue, 101 Switching Protocols), before the final one."""
-        self._write(Framing.informational(status, reason, headers).head)
-
-    def send_response(self, status: int, reason: bytes, headers: Headers) -> None:
-        """The final response's head; its body follows with L{send_data} and L{send_end}."""
-        assert self._request is not None
-        self._framing = framing = frame_response(self._request, status, reason, headers)
-        self._write(framing.head)
-
-    def send_data(self, data: bytes) -> None:
-        assert self._framing is not None
-        pieces = self._framing.data(data)
-        if pieces:
-            self._send(pieces)
-
-    def send_end(self, trailers: Headers) -> None:
-        assert self._framing is not None
-        self._write(self._framing.end(trailers))
-        self._response_done = True
-
     def answer(self, status: int) -> None:
         """
         Answer with a minimal page, unless a response has begun, and close
@@ -455,6 +360,9 @@ class ReverseProxy(Protocol):
         self.uncork()
         self._closing = True
         self.transport.loseConnection()
+
+    def _body_refused(self, status: int, reason: str) -> None:
+        self._refuse(status, reason)
 
     def _refuse(self, status: int, reason: str) -> None:
         """A request refused as malformed or dangerous: 4xx, security log."""
@@ -527,7 +435,8 @@ class ReverseProxy(Protocol):
             return
         exchange = _Exchange(self, request, target, backend, set_cookie)
         self._exchange = exchange
-        if self._request_ended:
+        if not request.has_body:
+            self._request_ended = True
             exchange.client_end([])
         else:
             exchange.begin()
@@ -586,7 +495,7 @@ class ReverseProxy(Protocol):
             self._pending.clear()
             self._request = None
             self._framing = None
-            self._chunks = None
+            self._body = None
             self._reading = True
             if self._paused:
                 self._paused = False
@@ -650,7 +559,7 @@ class _OwnWatch:
             self._upstream.transport.loseConnection()
 
 
-class _Exchange:
+class _Exchange(ServerResponse):
     """
     One request sent to a real server and its response sent back, bodies
     streamed with each side the other's producer.
@@ -742,6 +651,7 @@ class _Exchange:
         self._reused = reused
         self._inbox = bytearray()
         self._body = None
+        self._upstream_eof = False
         proxy = self._proxy
         headers = upstream_request_headers(
             self._headers, proxy.client_ip, proxy.service.proto, self._upgrade, chunked=self._chunked
@@ -875,15 +785,6 @@ class _Exchange:
         if not self._finished:
             self._upstream_closed(reason)
 
-    def _read_eof(self) -> None:
-        """The real server closed: the end of a body that ends that way."""
-        if not self._upstream_eof and self._upstream is not None:
-            self._upstream_eof = True
-            body = self._body
-            if body is not None and not self._finished and body.eof():
-                self._proxy.send_end(body.trailers)
-                self._finish()
-
     def _upstream_closed(self, reason: Failure | None) -> None:
         upstream = self._upstream
         assert upstream is not None
@@ -903,6 +804,7 @@ class _Exchange:
             # on a fresh one, as clients do for idempotent requests.
             self._retried = True
             self._upstream = None
+            upstream.detach()  # its last events are not the next connection's
             self._backend.state.active -= 1
             self._backend.state.requests -= 1
             self._start()
@@ -912,74 +814,28 @@ class _Exchange:
             return
         self._abort(f"real server {key} closed the connection mid-response ({detail})")
 
-    def _heads(self) -> None:
-        """Read response heads from the real server: 1xx ones, then the final one."""
-        proxy = self._proxy
-        while self._body is None and not self._finished:
-            inbox = self._inbox
-            try:
-                end = response_head_end(inbox)
-                if end is None:
-                    if not self._registered:
-                        self._register()
-                    return
-                head = parse_response_head(bytes(inbox[:end]))
-            except BadResponse as e:
-                self._bad_response(str(e))
-                return
-            rest = bytes(inbox[end:])
-            inbox.clear()
-            if head.status == 101:
-                if not self._upgrade:
-                    self._bad_response("real server switched protocols without being asked", prefix=False)
-                    return
-                self._status = 101
-                proxy.send_informational(101, head.reason, downstream_response_headers(head.headers, None, None, True))
-                self._switched(rest)
-                return
-            if head.status < 200:
-                proxy.send_informational(head.status, head.reason, head.headers)
-                inbox += rest
-                continue
-            try:
-                self._body = BodyReader(self._request.method, head)
-            except BadResponse as e:
-                self._bad_response(str(e))
-                return
-            self._response_started = True
-            self._status = head.status
-            if connection_auth(self._headers, head.status, head.headers):
-                proxy.pin_auth = True
-            rewrite = self._rewriter(head.headers)
-            proxy.send_response(
-                head.status,
-                head.reason,
-                downstream_response_headers(head.headers, rewrite, self._set_cookie, False),
-            )
-            self._body_in(rest)
+    def _waiting(self) -> None:
+        if not self._registered:
+            self._register()
 
-    def _body_in(self, data: bytes) -> None:
-        """Bytes of the response body: on to the client, and the exchange ends with the body."""
-        body = self._body
-        assert body is not None
-        pieces: list[bytes] = []
-        try:
-            end = body.feed(data, pieces)
-        except BadResponse as e:
-            self._bad_response(str(e))
+    def _switching(self, head: ResponseHead, rest: bytes) -> None:
+        if not self._upgrade:
+            self._bad_response("real server switched protocols without being asked", prefix=False)
             return
+        self._status = 101
+        self._proxy.send_informational(101, head.reason, downstream_response_headers(head.headers, None, None, True))
+        self._switched(rest)
+
+    def _respond(self, head: ResponseHead) -> None:
         proxy = self._proxy
-        for piece in pieces:
-            proxy.send_data(piece)
-        if end is None:
-            if not self._registered:
-                self._register()
-            return
-        if end < len(data):
-            # Bytes after the response's end: the connection cannot be trusted with another request.
-            body.reusable = False
-        proxy.send_end(body.trailers)
-        self._finish()
+        if connection_auth(self._headers, head.status, head.headers):
+            proxy.pin_auth = True
+        rewrite = self._rewriter(head.headers)
+        proxy.send_response(
+            head.status,
+            head.reason,
+            downstream_response_headers(head.headers, rewrite, self._set_cookie, False),
+        )
 
     def _bad_response(self, reason: str, prefix: bool = True) -> None:
         """A response that cannot be forwarded: 502 before it began, a cut connection after."""

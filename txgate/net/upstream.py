@@ -54,11 +54,11 @@ class Upstream(Protocol):
     connection stops reading, so nothing is lost and nothing piles up. After
     L{attach}, bytes go straight to C{receiver.upstream_data}.
 
-    @ivar h11: the HTTP client state when used for HTTP, else C{None}.
+    @ivar exchanges: how many HTTP exchanges it carried (a reused connection has some).
     @ivar lost: the reason, once the connection is gone.
     """
 
-    h11: Any = None
+    exchanges = 0
     lost: Failure | None = None
     eof = False
     notify: Any = None

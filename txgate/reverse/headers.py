@@ -6,7 +6,7 @@ handshake (NTLM, Negotiate) pins the real server connection, whether a
 request asks for an Upgrade, and the persistence cookie.
 
 Headers are lists of C{(name, value)} as the reverse proxy reads them
-(L{txgate.reverse.framing.check_head}, L{txgate.reverse.responses}):
+(L{txgate.http.framing.check_head}, L{txgate.http.responses}):
 lower-case names.
 """
 

@@ -1,17 +1,18 @@
-# -*- test-case-name: tests.reverse.test_framing -*-
+# -*- test-case-name: tests.http.test_framing -*-
 """
-The client side of reverse mode's HTTP/1.1: strict request heads and
-chunked bodies, and how a response is framed back.
+The client side of txgate's HTTP/1.1, in both modes: strict request heads
+and chunked bodies, how a response is framed back, and how a request is
+framed for the server.
 
 Parsers are lenient where leniency lets a request be read two ways (h11,
 for one, accepts a bare LF as a line end, unfolds obs-fold lines, merges
 repeated identical Content-Length fields and lets Transfer-Encoding win over
-Content-Length). A proxy that reads a head one way in front of a real
-server that reads it another is how requests are smuggled, so the reverse
-proxy reads client requests only with L{check_head} and L{ChunkedChecker},
-refuses every such head or body with a 400, and the reason goes to the
-security log. Responses from real servers are read by
-L{txgate.reverse.responses} and framed for the client by L{frame_response}.
+Content-Length). A proxy that reads a head one way in front of a server that
+reads it another is how requests are smuggled, so both proxies read client
+requests only with L{check_head} and L{ChunkedChecker} and refuse every such
+head or body with a 400 and the reason (reverse mode's goes to the security
+log). Servers' responses are read by L{txgate.http.responses} and framed for
+the client by L{frame_response}.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "Framing",
     "MAX_CHUNK_SIZE",
     "MAX_EMPTY_LINES",
+    "RequestBody",
     "RequestHead",
     "check_head",
     "frame_response",
@@ -39,7 +41,7 @@ __all__ = [
 
 class BadHead(Exception):
     """
-    A request head the reverse proxy refuses.
+    A request head (or chunked body) the proxy refuses.
 
     @ivar status: the status to answer with (400, 431 or 505).
     @ivar reason: short and precise, for the security log; also C{str()}.
@@ -509,6 +511,46 @@ def _trailer_field(line: bytes) -> tuple[bytes, bytes]:
     return name, field.group(2).strip(b" \t")
 
 
+class RequestBody:
+    """
+    Where a request's body ends in the bytes after its head: at its
+    Content-Length, or at the end of its chunked coding (checked by
+    L{ChunkedChecker}, and decoded).
+
+    @ivar trailers: a chunked body's trailer fields, once it ended.
+    """
+
+    __slots__ = ("_left", "_chunks", "trailers")
+
+    def __init__(self, request: RequestHead) -> None:
+        self._left = request.length or 0
+        self._chunks = ChunkedChecker() if request.chunked else None
+        self.trailers: Headers = []
+
+    def feed(self, data: bytes, out: list[bytes]) -> int | None:
+        """
+        Append the body data in C{data} to C{out}. Returns C{None} while
+        the body goes on; once it has ended, how many bytes of C{data} it
+        took (the rest is the next request's). A body without length ends
+        at once.
+
+        @raise BadHead: a chunked body that breaks its framing.
+        """
+        chunks = self._chunks
+        if chunks is not None:
+            if not data:
+                return None
+            end = chunks.feed(data, out)
+            if end is not None:
+                self.trailers = chunks.trailers
+            return end
+        taken = min(self._left, len(data))
+        self._left -= taken
+        if taken:
+            out.append(data if taken == len(data) else data[:taken])
+        return None if self._left else taken
+
+
 def _head(start_line: bytes, headers: Headers) -> bytes:
     pieces = [start_line]
     for name, value in headers:
@@ -566,6 +608,7 @@ class Framing:
 
 
 _NO_BODY_STATUSES = frozenset({204, 304})
+
 
 
 def frame_response(request: RequestHead, status: int, reason: bytes, headers: Headers) -> Framing:

@@ -1,5 +1,5 @@
 """
-Tests for L{txgate.reverse.responses}: response heads from real servers,
+Tests for L{txgate.http.responses}: response heads from real servers,
 and where their bodies end.
 """
 
@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from txgate.reverse.responses import (
+from txgate.http.responses import (
     MAX_RESPONSE_HEAD,
     BadResponse,
     BodyReader,
@@ -93,6 +93,49 @@ class HeadTests(SynchronousTestCase):
             with self.assertRaises(BadResponse) as e:
                 parse_response_head(raw)
             self.assertIn("does not end with an empty line", str(e.exception))
+
+
+class LenientHeadTests(SynchronousTestCase):
+    """
+    The forward proxy reads origin servers' heads as browsers do: bare LF
+    line ends and obs-fold are taken (and normalized), nothing else is.
+    """
+
+    def _lenient(self, raw: bytes) -> tuple[int, ResponseHead]:
+        end = response_head_end(raw, lenient=True)
+        assert end is not None
+        return end, parse_response_head(raw[:end], lenient=True)
+
+    def test_crlf_as_strict(self) -> None:
+        raw = OK + b"hello"
+        self.assertEqual(self._lenient(raw), (len(OK), _head(raw)))
+
+    def test_bare_lf(self) -> None:
+        raw = b"HTTP/1.1 200 OK\nContent-Length: 2\r\nX: y\n\nhi"
+        end, head = self._lenient(raw)
+        self.assertEqual(raw[end:], b"hi")
+        self.assertEqual(head.headers, [(b"content-length", b"2"), (b"x", b"y")])
+
+    def test_obs_fold(self) -> None:
+        """A folded line joins the field it continues with one space (RFC 9112 section 5.2)."""
+        _, head = self._lenient(b"HTTP/1.1 200 OK\r\nX: one \r\n\t two\r\nY: z\r\n\r\n")
+        self.assertEqual(head.headers, [(b"x", b"one two"), (b"y", b"z")])
+
+    def test_incomplete(self) -> None:
+        self.assertIsNone(response_head_end(b"HTTP/1.1 200 OK\nX: y\n", lenient=True))
+        with self.assertRaises(BadResponse):
+            response_head_end(b"HTTP/1.1 200 OK\nX: " + b"a" * MAX_RESPONSE_HEAD, lenient=True)
+
+    def test_still_refused(self) -> None:
+        """A bare CR, a fold before any field, or a bad status line is refused all the same."""
+        for raw, reason in [
+            (b"HTTP/1.1 200 OK\r\nX: a\rb\r\n\r\n", "bare CR or LF"),
+            (b"HTTP/1.1 200 OK\r\n folded\r\n\r\n", "obs-fold"),
+            (b"ICY 200 OK\n\n", "malformed status line"),
+        ]:
+            with self.assertRaises(BadResponse, msg=raw) as e:
+                self._lenient(raw)
+            self.assertIn(reason, str(e.exception), raw)
 
 
 class BodyTests(SynchronousTestCase):

@@ -1,7 +1,8 @@
-# -*- test-case-name: tests.reverse.test_responses -*-
+# -*- test-case-name: tests.http.test_responses -*-
 """
-Real servers' responses, read for the reverse proxy: the head, and where
-the body ends.
+Servers' responses, read by both proxies: the head, and where the body
+ends. Reverse mode reads its real servers strictly; the forward proxy reads
+origin servers with C{lenient=True}, as browsers do (L{parse_response_head}).
 
 Where a response ends decides what the next client on a pooled connection
 reads, so the reader is conservative: anything that could be read two ways
@@ -17,7 +18,7 @@ import re
 import attrs
 
 from txgate.http.proxying import TOKEN, Headers, comma_tokens
-from txgate.reverse.framing import BadHead, ChunkedChecker, head_end
+from txgate.http.framing import BadHead, ChunkedChecker, head_end
 
 __all__ = ["BadResponse", "BodyReader", "MAX_RESPONSE_HEAD", "ResponseHead", "parse_response_head", "response_head_end"]
 
@@ -48,26 +49,61 @@ _FIELD_LINES = re.compile(rb"(?:" + TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*")
 _CONTENT_LENGTH = re.compile(rb"[0-9]{1,19}")
 
 
-def response_head_end(buffer: bytes | bytearray) -> int | None:
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+
+
+def response_head_end(buffer: bytes | bytearray, lenient: bool = False) -> int | None:
     """
     The index just past the blank line ending the response head in
     C{buffer}, or C{None} while it is incomplete.
 
+    @param lenient: a blank line ends the head whatever its line ends
+        (CRLF or a bare LF), as browsers read origin servers; see
+        L{parse_response_head}.
     @raise BadResponse: no head within L{MAX_RESPONSE_HEAD} bytes.
     """
-    try:
-        return head_end(buffer, MAX_RESPONSE_HEAD)
-    except BadHead:
-        raise BadResponse(f"response head larger than {MAX_RESPONSE_HEAD} bytes") from None
+    if lenient:
+        blank = _BLANK_LINE.search(buffer, 0, MAX_RESPONSE_HEAD)
+        if blank is not None:
+            return blank.end()
+        if len(buffer) < MAX_RESPONSE_HEAD:
+            return None
+    else:
+        try:
+            return head_end(buffer, MAX_RESPONSE_HEAD)
+        except BadHead:
+            pass
+    raise BadResponse(f"response head larger than {MAX_RESPONSE_HEAD} bytes")
 
 
-def parse_response_head(head: bytes) -> ResponseHead:
+def _normalized(head: bytes) -> bytes:
+    """
+    C{head} with every line ending in CRLF and obs-fold lines joined to the
+    field line they continue, with one space (RFC 9112 section 5.2).
+    """
+    lines = [line[:-1] if line.endswith(b"\r") else line for line in head.split(b"\n")][:-2]
+    out = lines[:1]
+    for line in lines[1:]:
+        if line[:1] in (b" ", b"\t") and len(out) > 1:
+            out[-1] = out[-1].rstrip(b" \t") + b" " + line.strip(b" \t")
+        else:
+            out.append(line)
+    return b"\r\n".join(out) + b"\r\n\r\n"
+
+
+def parse_response_head(head: bytes, lenient: bool = False) -> ResponseHead:
     """
     Read a response head (as L{response_head_end} delimits it). Every line
     ends in CRLF; obs-fold and control characters are refused.
 
+    @param lenient: accept bare LF line ends and unfold obs-fold lines, as
+        browsers do: the forward proxy reads any origin server on the
+        internet, and refusing what the client would read costs the user the
+        page. Reverse mode's real servers get no such leeway.
     @raise BadResponse: with the reason.
     """
+    if lenient and (head.count(b"\n") != head.count(b"\r\n") or b"\n " in head or b"\n\t" in head):
+        head = _normalized(head)
     if not head.endswith(b"\r\n\r\n"):
         raise BadResponse("response head does not end with an empty line")
     fields_start = head.find(b"\r\n") + 2

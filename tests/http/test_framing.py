@@ -1,5 +1,5 @@
 """
-Tests for L{txgate.reverse.framing}: where a request head ends, which heads
+Tests for L{txgate.http.framing}: where a request head ends, which heads
 are refused and what the accepted ones say, which chunked bodies are
 refused and what the accepted ones carry, and how responses are framed for
 the client.
@@ -12,11 +12,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from txgate.reverse.framing import (
+from txgate.http.framing import (
     MAX_CHUNK_SIZE,
     MAX_EMPTY_LINES,
     BadHead,
     ChunkedChecker,
+    RequestBody,
     RequestHead,
     check_head,
     frame_response,
@@ -319,6 +320,42 @@ def _chunked_bodies(draw: st.DrawFn) -> tuple[bytes, bytes, list[tuple[bytes, by
     return body + b"\r\n", b"".join(chunks), trailers
 
 
+class RequestBodyTests(SynchronousTestCase):
+    """L{RequestBody} finds where a request's body ends, in whatever pieces it comes."""
+
+    def _feed(self, head: bytes, pieces: list[bytes]) -> tuple[list[bytes], int | None, RequestBody]:
+        end = head_end(head, 65536)
+        assert end is not None
+        body = RequestBody(check_head(head[:end]))
+        out: list[bytes] = []
+        taken = None
+        for piece in pieces:
+            self.assertIsNone(taken, "fed after the end")
+            taken = body.feed(piece, out)
+        return out, taken, body
+
+    def test_length(self) -> None:
+        """A Content-Length body ends after its length; what follows is left."""
+        out, taken, _ = self._feed(POST, [b"hel", b"loGET"])
+        self.assertEqual((b"".join(out), taken), (b"hello", 2))
+
+    def test_no_body(self) -> None:
+        """A request without a body ends at once, taking nothing."""
+        out, taken, _ = self._feed(GOOD, [b"GET / HTTP/1.1"])
+        self.assertEqual((out, taken), ([], 0))
+
+    def test_chunked(self) -> None:
+        """A chunked body is decoded, waits for more on no bytes, and hands out its trailers."""
+        head = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        out, taken, body = self._feed(head, [b"", b"5\r\nhel", b"lo\r\n0\r\nX-T: 1\r\n\r\nnext"])
+        self.assertEqual((b"".join(out), taken, body.trailers), (b"hello", 17, [(b"x-t", b"1")]))
+
+    def test_chunked_malformed(self) -> None:
+        head = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        with self.assertRaises(BadHead):
+            self._feed(head, [b"zz\r\n"])
+
+
 class ChunkedCheckerTests(SynchronousTestCase):
     """
     L{ChunkedChecker} follows a chunked body over raw bytes, finds where it
@@ -327,7 +364,7 @@ class ChunkedCheckerTests(SynchronousTestCase):
 
     def test_public(self) -> None:
         """The checker and its size limit are exported."""
-        from txgate.reverse import framing
+        from txgate.http import framing
 
         self.assertIn("ChunkedChecker", framing.__all__)
         self.assertIn("MAX_CHUNK_SIZE", framing.__all__)
