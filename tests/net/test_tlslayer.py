@@ -13,6 +13,7 @@ from twisted.internet.interfaces import (
     IHalfCloseableDescriptor,
     ILoggingContext,
     IOpenSSLClientConnectionCreator,
+    IPushProducer,
     ITCPTransport,
 )
 from twisted.internet.ssl import Certificate, CertificateOptions, optionsForClientTLS
@@ -243,6 +244,18 @@ class ReceiveTests(SynchronousTestCase):
         self.assertEqual(len(calls), 3)
 
 
+@implementer(IPushProducer)
+class _Producer:
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
 class TurnFlushTests(SynchronousTestCase):
     """
     L{TLSLayer} holds the writes of a reactor turn and sends them when it
@@ -304,6 +317,38 @@ class TurnFlushTests(SynchronousTestCase):
         layer.write(b"too late")
         pump.flush()
         self.assertEqual(b"".join(seen.chunks), b"last words")
+        self.assertTrue(seen.lost)
+
+    def test_close_in_one_write(self) -> None:
+        """What is held and the TLS close go to the transport in one write: one C{send}."""
+        clock = Clock()
+        layer, seen, pump = self._pair(clock)
+        writes: list[bytes] = []
+        write = layer.transport.write
+        layer.transport.write = lambda data: (writes.append(data), write(data))
+        layer.write(b"last words")
+        layer.loseConnection()
+        self.assertEqual(len(writes), 1)
+        pump.flush()
+        self.assertEqual(b"".join(seen.chunks), b"last words")
+        self.assertTrue(seen.lost)
+
+    def test_close_waits_for_producer(self) -> None:
+        """
+        With a producer registered the TLS close waits for it, but what is
+        held is sent at once.
+        """
+        clock = Clock()
+        layer, seen, pump = self._pair(clock)
+        producer = _Producer()
+        layer.registerProducer(producer, True)
+        layer.write(b"before the close")
+        layer.loseConnection()
+        pump.flush()
+        self.assertEqual(b"".join(seen.chunks), b"before the close")
+        self.assertFalse(seen.lost)
+        layer.unregisterProducer()
+        pump.flush()
         self.assertTrue(seen.lost)
 
     def test_abort_drops(self) -> None:

@@ -141,8 +141,13 @@ class TLSLayer(TLSMemoryBIOProtocol):
     MAX_HELD = 64000
     """Bytes held past this are written at once (Twisted's bound too)."""
 
+    MAX_RECORD = 2**14
+    """Held bytes up to this are encrypted with the TLS close and sent with it (L{loseConnection})."""
+
     _held: list[bytes] | None = None
     _held_size = 0
+    _sending = True
+    """Whether records go out as they are made (not while L{loseConnection} gathers the last ones)."""
     _turn: _Turn | None = None
     """This layer's reactor's L{_Turn}, looked up on its first write."""
 
@@ -198,7 +203,7 @@ class TLSLayer(TLSMemoryBIOProtocol):
 
     def _flushSendBIO(self) -> None:
         """Twisted's, writing with L{write_now}, and not asking an empty BIO (see L{_nothing_to_read})."""
-        if _bio_bytes(self._tlsConnection, "_from_ssl") == 0:
+        if not self._sending or _bio_bytes(self._tlsConnection, "_from_ssl") == 0:
             return
         try:
             data = self._tlsConnection.bio_read(2**15)
@@ -236,8 +241,23 @@ class TLSLayer(TLSMemoryBIOProtocol):
             TLSMemoryBIOProtocol.write(self, held[0] if len(held) == 1 else b"".join(held))
 
     def loseConnection(self) -> None:
-        self.flush_writes()
+        """
+        Send what is held, then the TLS close, in one C{send} where they
+        fit in one read of the send BIO: a response that ends its
+        connection (C{Connection: close}, HTTP/1.0) is one system call,
+        not two.
+        """
+        if not self._held or self._held_size > self.MAX_RECORD or not _CAN_PEEK:
+            self.flush_writes()
+            super().loseConnection()
+            return
+        self._sending = False
+        try:
+            self.flush_writes()
+        finally:
+            self._sending = True
         super().loseConnection()
+        self._flushSendBIO()  # when the close waits (a producer, a handshake), what is held goes now
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._held = None
