@@ -29,7 +29,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from twisted.internet import reactor
+    from txgate.net.reactor import install
+
+    reactor = install()
     from twisted.logger import eventAsText, FileLogObserver, globalLogBeginner
 
     from txgate.errors import ConfigErrors
