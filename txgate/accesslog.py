@@ -10,6 +10,7 @@ fields.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from typing import IO, Any, Callable
@@ -43,10 +44,16 @@ FIELDS = (
 """The fields of a record, in the order the text format prints them."""
 
 
+@functools.lru_cache(maxsize=4)
+def _second(whole: int) -> str:
+    """A second formatted once: a busy proxy logs many records within it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+
+
 def _timestamp(seconds: float) -> str:
     whole = int(seconds)
     millis = int((seconds - whole) * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
+    return f"{_second(whole)}.{millis:03d}Z"
 
 
 def _dash(value: Any) -> str:
