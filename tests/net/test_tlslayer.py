@@ -16,7 +16,7 @@ from twisted.internet.interfaces import (
     IPushProducer,
     ITCPTransport,
 )
-from twisted.internet.ssl import Certificate, CertificateOptions, optionsForClientTLS
+from twisted.internet.ssl import Certificate, CertificateOptions, TLSVersion, optionsForClientTLS
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory, TLSMemoryBIOProtocol
@@ -181,6 +181,92 @@ def _pair(
     pump.flush()
     case.assertTrue(client._handshakeDone)
     return client, server, pump
+
+
+def _server_pair(
+    case: SynchronousTestCase, clock: Clock, tls12: bool = False, server_side: bool = True
+) -> tuple[TLSLayer, TLSMemoryBIOProtocol, IOPump, list[bytes]]:
+    """
+    A L{TLSLayer} server (C{server_side}) with its handshake done, the stock
+    TLS client's layer, and every write the server made to its transport
+    since the handshake was done.
+    """
+    server_options, client_options = _tls()
+    if tls12:
+        server_options = CertificateOptions(
+            privateKey=server_options.privateKey,
+            certificate=server_options.certificate,
+            raiseMinimumTo=TLSVersion.TLSv1_2,
+            lowerMaximumSecurityTo=TLSVersion.TLSv1_2,
+        )
+    server_factory = TLSMemoryBIOFactory(server_options, False, protocol.Factory.forProtocol(protocol.Protocol), clock)
+    server_factory.protocol = TLSLayer
+    server_factory.server_side = server_side
+    client_factory = TLSMemoryBIOFactory(client_options, True, protocol.Factory.forProtocol(_Chunks), clock)
+    client_factory.protocol = TLSMemoryBIOProtocol
+    client, server, pump = connectedServerAndClient(
+        lambda: server_factory.buildProtocol(None),
+        lambda: client_factory.buildProtocol(None),
+        clock=clock,
+        greet=False,
+    )
+    writes: list[bytes] = []
+    write = server.transport.write
+
+    def counted(data: bytes) -> None:
+        if server._handshakeDone:
+            writes.append(data)
+        write(data)
+
+    server.transport.write = counted
+    pump.flush()
+    case.assertTrue(server._handshakeDone)
+    case.assertTrue(client._handshakeDone)
+    return server, client, pump, writes
+
+
+class TicketTests(SynchronousTestCase):
+    """
+    A TLS 1.3 server side's session tickets wait for its first write and go
+    in the same write; a TLS 1.2 handshake is never held up.
+    """
+
+    def test_tickets_with_first_write(self) -> None:
+        """
+        The tickets a layer not marked C{server_side} sends at once go with
+        a server side's first write: the same bytes, one write fewer.
+        """
+        plain, _, plain_pump, plain_writes = _server_pair(self, Clock(), server_side=False)
+        self.assertEqual(len(plain_writes), 1)  # the tickets, at once
+        plain.write(b"first words")
+        plain.flush_writes()
+        server, client, pump, writes = _server_pair(self, Clock())
+        self.assertEqual(server.getHandle().get_protocol_version_name(), "TLSv1.3")
+        self.assertEqual(writes, [])  # the tickets wait
+        server.write(b"first words")
+        server.flush_writes()
+        self.assertEqual([len(w) for w in writes], [sum(len(w) for w in plain_writes)])
+        pump.flush()
+        self.assertEqual(client.wrappedProtocol.chunks, [b"first words"])
+
+    def test_tickets_with_close(self) -> None:
+        """A server that closes without writing sends the tickets with its close."""
+        server, client, pump, writes = _server_pair(self, Clock())
+        seen = client.wrappedProtocol
+        self.assertEqual(writes, [])
+        server.loseConnection()
+        self.assertEqual(len(writes), 1)
+        pump.flush()
+        self.assertTrue(seen.lost)
+
+    def test_tls12_not_held(self) -> None:
+        """In TLS 1.2 the server's Finished comes last: the handshake completes and bytes flow."""
+        server, client, pump, writes = _server_pair(self, Clock(), tls12=True)
+        self.assertEqual(server.getHandle().get_protocol_version_name(), "TLSv1.2")
+        server.write(b"hello")
+        server.flush_writes()
+        pump.flush()
+        self.assertEqual(client.wrappedProtocol.chunks, [b"hello"])
 
 
 class ReceiveTests(SynchronousTestCase):

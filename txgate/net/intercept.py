@@ -617,6 +617,7 @@ class _Interception:
         self.upstream_factory.protocol = _TLSLayer
         self.client_factory = TLSMemoryBIOFactory(_ClientSide(server_context()), False, Factory(), clock=reactor)
         self.client_factory.protocol = _TLSLayer
+        self.client_factory.server_side = True  # type: ignore[attr-defined]  # see TLSLayer._checkHandshakeStatus
         self.revocation: RevocationChecker | None = None
         if ssl.upstream_revocation != "off":
             self.revocation = RevocationChecker(reactor, ssl.upstream_revocation, trust_anchors(ssl.upstream_ca_bundle))

@@ -157,6 +157,7 @@ class ReverseService(MultiService):
         if tls is not None:
             factory = TLSMemoryBIOFactory(tls, False, factory)
             factory.protocol = TLSLayer
+            factory.server_side = True  # type: ignore[attr-defined]  # see TLSLayer._checkHandshakeStatus
             factory.noisy = False
         return factory
 

@@ -146,6 +146,10 @@ class TLSLayer(TLSMemoryBIOProtocol):
 
     _held: list[bytes] | None = None
     _held_size = 0
+    _written = False
+    """Whether the application has written anything yet."""
+    _quiet_until_written = False
+    """A TLS 1.3 server side's session tickets wait for its first write (L{_checkHandshakeStatus})."""
     _sending = True
     """Whether records go out as they are made (not while L{loseConnection} gathers the last ones)."""
     _turn: _Turn | None = None
@@ -177,6 +181,21 @@ class TLSLayer(TLSMemoryBIOProtocol):
     def resumeProducing(self) -> None:
         self.transport.resumeProducing()
 
+    def _checkHandshakeStatus(self) -> None:
+        """
+        Twisted's; and once a TLS 1.3 handshake is done on the server side
+        (a factory with C{server_side = True}), what OpenSSL writes next on
+        its own, the session tickets, waits for the application's first
+        write or the close and goes in the same C{send}, instead of a
+        C{send} of its own. Nothing the client waits for is held: its
+        handshake ended with the server's first flight. (In TLS 1.2 the
+        server's Finished comes last, so nothing is held there.)
+        """
+        super()._checkHandshakeStatus()
+        if self._handshakeDone and not self._written and getattr(self.factory, "server_side", False):
+            connection = self.getHandle()
+            self._quiet_until_written = connection is not None and connection.get_protocol_version_name() == "TLSv1.3"
+
     def _flushReceiveBIO(self) -> None:
         """
         Twisted's loop, ended when nothing is left to read instead of by the
@@ -199,6 +218,8 @@ class TLSLayer(TLSMemoryBIOProtocol):
                     ProtocolWrapper.dataReceived(self, data)
                 if _nothing_to_read(connection):
                     break
+        if self._quiet_until_written and not self._written and not self._lostTLSConnection:
+            return
         self._flushSendBIO()
 
     def _flushSendBIO(self) -> None:
@@ -216,6 +237,7 @@ class TLSLayer(TLSMemoryBIOProtocol):
             return  # as TLSMemoryBIOProtocol.write: dropped after loseConnection
         if type(data) is not bytes:
             data = bytes(data)  # a caller's buffer may change before the flush
+        self._written = True
         held = self._held
         if held is None:
             self._held = [data]
