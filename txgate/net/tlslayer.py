@@ -1,11 +1,13 @@
 # -*- test-case-name: tests.net.test_tlslayer -*-
 """
-Twisted's TLS layer with four costs taken out: one of every new connection
-(L{TLSLayer.makeConnection}), one of every write (L{write_now}), one of
-every reactor turn that writes (one flush for all connections) and the
-exceptions that end every read (L{_nothing_to_read}), for the listeners,
-interceptors and real-server connections that make one per client or
-request.
+Twisted's TLS layer with costs taken out that every connection or request
+pays: declaring the transport's interfaces one by one
+(L{TLSLayer.makeConnection}), queueing each write (L{write_now}), a delayed
+call per connection per reactor turn (one flush for all connections), the
+exceptions that end every read (L{_nothing_to_read}), and sends of their
+own for the TLS close and a TLS 1.3 server's session tickets
+(L{TLSLayer.loseConnection}, L{TLSLayer._checkHandshakeStatus}). The
+listeners, interceptors and real-server connections use it.
 """
 
 from __future__ import annotations
