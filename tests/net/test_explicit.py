@@ -503,6 +503,13 @@ class ReadingTests(SynchronousTestCase):
     browsers read them.
     """
 
+    def _forwarded(self, request: bytes) -> tuple[_Harness, ExplicitProxy, StringTransport, Any]:
+        """A client that sent C{request}, and the upstream connection it was forwarded on."""
+        h = _Harness()
+        proxy, client = h.client()
+        proxy.dataReceived(request)
+        return h, proxy, client, h.connector.pending[0].succeed()
+
     def _bad(self, data: bytes) -> tuple[bytes, dict[str, Any]]:
         h = _Harness()
         proxy, client = h.client()
@@ -525,10 +532,7 @@ class ReadingTests(SynchronousTestCase):
 
     def test_bad_chunked_body(self) -> None:
         """A chunked request body that breaks its framing gets 400, and the connection closes."""
-        h = _Harness()
-        proxy, client = h.client()
-        proxy.dataReceived(b"POST http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\nTransfer-Encoding: chunked\r\n\r\n")
-        upstream = h.connector.pending[0].succeed()
+        h, proxy, client, upstream = self._forwarded(b"POST http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\nTransfer-Encoding: chunked\r\n\r\n")
         proxy.dataReceived(b"zz\r\nhello\r\n")
         self.assertIn(b"HTTP/1.1 400 Bad Request\r\n", client.value())
         self.assertTrue(client.disconnecting)
@@ -540,10 +544,7 @@ class ReadingTests(SynchronousTestCase):
         A response head with bare LF line ends and a folded header reaches
         the client with CRLFs and the header unfolded.
         """
-        h = _Harness()
-        proxy, client = h.client()
-        proxy.dataReceived(GET)
-        upstream = h.connector.pending[0].succeed()
+        h, proxy, client, upstream = self._forwarded(GET)
         upstream.dataReceived(b"HTTP/1.1 200 OK\nX-Folded: one\n  two\nContent-Length: 5\n\nhello")
         response = client.value()
         self.assertTrue(response.startswith(b"HTTP/1.1 200 OK\r\nx-folded: one two\r\ncontent-length: 5\r\n"), response)
@@ -552,10 +553,7 @@ class ReadingTests(SynchronousTestCase):
 
     def test_malformed_origin(self) -> None:
         """A response that is not HTTP gets 502 naming the upstream's fault."""
-        h = _Harness()
-        proxy, client = h.client()
-        proxy.dataReceived(GET)
-        upstream = h.connector.pending[0].succeed()
+        h, proxy, client, upstream = self._forwarded(GET)
         upstream.dataReceived(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
         self.assertTrue(client.value().startswith(b"HTTP/1.1 502 Bad Gateway\r\n"))
         self.assertTrue(upstream.transport.disconnecting)
@@ -563,10 +561,7 @@ class ReadingTests(SynchronousTestCase):
 
     def test_pipelined(self) -> None:
         """Two requests in one read are answered in order, the second once the first is done."""
-        h = _Harness()
-        proxy, client = h.client()
-        proxy.dataReceived(GET + GET)
-        upstream = h.connector.pending[0].succeed()
+        h, proxy, client, upstream = self._forwarded(GET + GET)
         self.assertEqual(upstream.transport.value().count(b"GET /a?b=1 HTTP/1.1"), 1)
         upstream.dataReceived(OK)
         self.assertEqual(upstream.transport.value().count(b"GET /a?b=1 HTTP/1.1"), 2)
@@ -577,10 +572,7 @@ class ReadingTests(SynchronousTestCase):
 
     def test_http10_client(self) -> None:
         """An HTTP/1.0 client gets a body of unknown length ended by the close, and the connection closes."""
-        h = _Harness()
-        proxy, client = h.client()
-        proxy.dataReceived(b"GET http://origin.test/ HTTP/1.0\r\n\r\n")
-        upstream = h.connector.pending[0].succeed()
+        h, proxy, client, upstream = self._forwarded(b"GET http://origin.test/ HTTP/1.0\r\n\r\n")
         upstream.dataReceived(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
         response = client.value()
         self.assertNotIn(b"chunked", response.lower())

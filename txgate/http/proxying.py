@@ -26,6 +26,7 @@ __all__ = [
     "strip_hop_by_hop",
     "error_page",
     "error_response",
+    "reason_phrase",
     "auth_scheme_and_token",
     "comma_tokens",
     "connection_auth",
@@ -267,13 +268,21 @@ def error_page(status: int, message: str) -> tuple[Headers, bytes]:
     )
 
 
+def reason_phrase(status: int) -> bytes:
+    """The standard reason phrase of C{status} (RFC 9110), or C{Unknown}."""
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b"Unknown"
+
+
 def error_response(status: int, message: str) -> bytes:
     """
     L{error_page} as a whole HTTP/1.1 response closing the connection, for
     a stream no HTTP state machine carries (yet).
     """
     headers, body = error_page(status, message)
-    head = b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode("ascii"))
+    head = b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase(status))
     return head + b"".join(n + b": " + v + b"\r\n" for n, v in headers) + b"connection: close\r\n\r\n" + body
 
 

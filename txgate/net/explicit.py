@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from http import HTTPStatus
-
 import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory
@@ -27,6 +25,7 @@ from txgate.accesslog import AccessLog
 from txgate.auth import Refused, is_revocation_fetch
 from txgate.config import ServiceConfig
 from txgate.errors import PeerProtocolError
+from txgate.http.framing import BadHead, Framing, RequestBody, RequestHead, response_head
 from txgate.http.proxying import (
     RETRYABLE,
     Headers,
@@ -34,9 +33,11 @@ from txgate.http.proxying import (
     connection_auth,
     error_page,
     parse_target,
+    reason_phrase,
     request_headers_upstream,
     response_headers_downstream,
 )
+from txgate.http.responses import BodyReader, ResponseHead
 from txgate.interfaces import Checkpoint, Decision
 from txgate.net.http1 import ClientConnection, ServerResponse
 from txgate.net.idle import IdleWatch
@@ -45,14 +46,6 @@ from txgate.net.pipeline import Delegating, Pipeline, PipelineSettings
 from txgate.net.transaction import Transaction, identify_client, open_session
 from txgate.net.upstream import Connector, Upstream, UpstreamPool, describe_connect_failure
 from txgate.pki.authority import MAX_OCSP_BODY
-from txgate.http.framing import (
-    BadHead,
-    Framing,
-    RequestBody,
-    RequestHead,
-    response_head,
-)
-from txgate.http.responses import BodyReader, ResponseHead
 from txgate.session import Address, ClientProtocol, Session
 
 __all__ = ["ExplicitProxyFactory", "ExplicitProxy"]
@@ -68,13 +61,6 @@ _REASONS = {
     502: "Bad Gateway",
     504: "Gateway Timeout",
 }
-
-
-def _phrase(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode("ascii")
-    except ValueError:
-        return b"Unknown"
 
 
 class ExplicitProxyFactory(Factory):
@@ -525,7 +511,7 @@ class _AuthorityExchange:
             proxy.error(self._transaction, 413, f"request body larger than {MAX_OCSP_BODY} bytes")
             return
         answer = self._authority.http_answer(self._method, self._path, bytes(self._body))
-        proxy.send_response(answer.status, _phrase(answer.status), answer.headers())
+        proxy.send_response(answer.status, reason_phrase(answer.status), answer.headers())
         proxy.send_data(answer.body)  # nothing for HEAD: the framing knows
         proxy.send_end([])
         self._transaction.log(answer.status, "allow")
@@ -626,14 +612,21 @@ class _Exchange(ServerResponse):
         self._registered = True
         upstream.attach(self)
         if self._request_done:
-            self._write_upstream([framing.end([])])  # a retry: the request had no body
+            self._end_upstream([])  # a retry: the request had no body
         elif not self._finished:
             self._proxy.resume_reading()
 
     def _write_upstream(self, pieces: list[bytes]) -> None:
         assert self._upstream is not None
-        if pieces and pieces != [b""]:
+        if pieces:
             self._upstream.transport.writeSequence(pieces)
+
+    def _end_upstream(self, trailers: Headers) -> None:
+        """The request's end (a chunked body's last chunk and trailers; nothing for a body of known length)."""
+        assert self._framing is not None
+        end = self._framing.end(trailers)
+        if end:
+            self._write_upstream([end])
 
     # -- client side ----------------------------------------------------------
 
@@ -645,8 +638,7 @@ class _Exchange(ServerResponse):
         self._request_done = True
         self._proxy.pause_reading()
         if self._upstream is not None:
-            assert self._framing is not None
-            self._write_upstream([self._framing.end(trailers)])
+            self._end_upstream(trailers)
 
     def client_lost(self, reason: Failure | None) -> None:
         if self._finished:

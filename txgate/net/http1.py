@@ -32,9 +32,10 @@ class ClientConnection:
     C{_max_head} when the connection starts, hands client bytes to
     L{_bytes_in}, and defines:
 
-      - C{_request_in(request)}: a whole head was read; start its exchange
-        (a request without a body has L{_request_ended} once its exchange
-        has C{client_end([])});
+      - C{_request_in(request)}: a whole head was read; start its exchange.
+        L{_body_in} then hands the exchange the body when reading is on, and
+        ends a request without one at once; a class that ends such a request
+        itself (C{client_end([])}) sets L{_request_ended} first;
       - C{_head_refused(error)}: a head L{check_head} refused (a L{BadHead});
       - C{_body_refused(status, reason)}: a chunked body that breaks its
         framing;

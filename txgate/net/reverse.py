@@ -27,7 +27,9 @@ from zope.interface import implementer
 
 from txgate import metrics
 from txgate.config import VirtualServiceConfig
+from txgate.http.framing import BadHead, Framing, RequestBody, RequestHead, response_head
 from txgate.http.proxying import RETRYABLE, Headers, connection_auth
+from txgate.http.responses import BodyReader, ResponseHead
 from txgate.net.http1 import ClientConnection, ServerResponse
 from txgate.net.idle import IdleWatch
 from txgate.net.realservers import Backend
@@ -35,13 +37,6 @@ from txgate.net.upstream import Upstream, describe_connect_failure, no_delay
 from txgate.reverse import esplog
 from txgate.reverse.allowed import AmbiguousPath, HostRules, PathRules, normalize_target
 from txgate.reverse.balancing import scheduler_for
-from txgate.http.framing import (
-    BadHead,
-    Framing,
-    RequestBody,
-    RequestHead,
-    response_head,
-)
 from txgate.reverse.headers import (
     cookie_value,
     downstream_response_headers,
@@ -53,7 +48,6 @@ from txgate.reverse.headers import (
 )
 from txgate.reverse.persistence import CookiePersistence, CookieSigner, NoPersistence, SourceIPPersistence
 from txgate.reverse.proxyv2 import proxy_v2_header
-from txgate.http.responses import BodyReader, ResponseHead
 
 __all__ = ["EspLogs", "VirtualService", "ReverseProxyFactory"]
 
