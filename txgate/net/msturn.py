@@ -31,7 +31,7 @@ class MsTurnRelay(Tunnel):
     """
 
     _log = Logger()
-    spliceable = False  # every byte goes through the framing observer
+    bulk_path = False  # every byte goes through the framing observer
 
     def __init__(self, context: HandoffContext) -> None:
         super().__init__(context)

@@ -7,17 +7,17 @@ L{twisted.protocols.portforward}, so a slow reader on one side stops reads on
 the other and memory stays bounded; a half-close on one side is passed on as
 a half-close on the other; the connection ends when both directions have.
 
-Between two plain TCP connections on Linux, a tunnel that has carried
-L{SPLICE_AFTER} bytes moves the rest with splice(2) (L{txgate.net.splice}):
-interactive and idle tunnels keep Twisted's path and no pipes, bulk ones
-stop copying every byte through Python.
+Between two plain TCP connections, a tunnel that has carried L{BULK_AFTER}
+bytes moves the rest on the bulk path (L{txgate.net.bulk}): interactive and
+idle tunnels keep Twisted's path, bulk ones stop paying Twisted's per-chunk
+work.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPullProducer
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPullProducer, IReactorFDSet
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
@@ -25,13 +25,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txgate.interfaces import HandoffContext, IHandoff
-from txgate.net import splice
+from txgate.net import bulk
 from txgate.net.idle import IdleWatch
 
-__all__ = ["Tunnel", "TunnelHandoff", "SPLICE_AFTER"]
+__all__ = ["Tunnel", "TunnelHandoff", "BULK_AFTER"]
 
-SPLICE_AFTER = 1 << 18
-"""Bytes a tunnel carries (either way) before it hands its sockets to splice(2)."""
+BULK_AFTER = 1 << 18
+"""Bytes a tunnel carries (either way) before it hands its sockets to the bulk path."""
 
 
 @implementer(IHalfCloseableProtocol)
@@ -43,7 +43,7 @@ class Tunnel(Protocol):
 
     _log = Logger()
 
-    spliceable = True
+    bulk_path = True
     """Whether bulk bytes may bypass L{dataReceived} and L{upstream_data}; off for subclasses that read them."""
 
     def __init__(self, context: HandoffContext) -> None:
@@ -55,25 +55,28 @@ class Tunnel(Protocol):
         self._upstream_eof = False
         self._done = False
         self._idle: IdleWatch | None = None
-        self._splice: splice.Splice | None = None
-        self._until_splice: int | None = None
-        """Bytes left before trying splice; C{None} when it cannot be used."""
+        self._bulk: bulk.BulkPath | None = None
+        self._until_bulk: int | None = None
+        """Bytes left before trying the bulk path; C{None} when it cannot be used."""
         self._draining: list[Any] = []
-        """Transports still sending what Twisted queued before the switch to splice."""
+        """Transports still sending what Twisted queued before the switch to the bulk path."""
 
     def connectionMade(self) -> None:
         client, upstream = self.transport, self._upstream.transport
         upstream.registerProducer(client, True)
         client.registerProducer(upstream, True)
         self._idle = IdleWatch(self._context.reactor, self._context.idle_timeout, self._timed_out)
-        if self.spliceable and splice.AVAILABLE and splice.plain_socket(client) and splice.plain_socket(upstream):
-            self._until_splice = SPLICE_AFTER
+        if (
+            self.bulk_path and IReactorFDSet.providedBy(self._context.reactor)
+            and bulk.plain_socket(client) and bulk.plain_socket(upstream)
+        ):
+            self._until_bulk = BULK_AFTER
         self._upstream.attach(self)
 
     # client -> upstream
     def dataReceived(self, data: bytes) -> None:
         self._moved_in(len(data))
-        if self._until_splice is not None and self._spliced(data, client_side=True):
+        if self._until_bulk is not None and self._to_bulk(data, client_side=True):
             return
         self._upstream.transport.write(data)
         if self._draining:
@@ -89,20 +92,20 @@ class Tunnel(Protocol):
         session.bytes_out += count
         session.last_active = self._idle.last = self._seconds()  # type: ignore[union-attr]
 
-    def _spliced(self, data: bytes, client_side: bool) -> bool:
+    def _to_bulk(self, data: bytes, client_side: bool) -> bool:
         """
-        Count C{data} towards L{SPLICE_AFTER}; past it, write C{data} the
-        usual way, stop reading both sides and hand both sockets to splice
-        once Twisted has sent everything queued (spliced bytes must not
-        overtake it).
+        Count C{data} towards L{BULK_AFTER}; past it, write C{data} the
+        usual way, stop reading both sides and hand both sockets to the
+        bulk path once Twisted has sent everything queued (bytes sent past
+        it must not overtake it).
         """
-        left = self._until_splice - len(data)  # type: ignore[operator]
+        left = self._until_bulk - len(data)  # type: ignore[operator]
         if left > 0:
-            self._until_splice = left
+            self._until_bulk = left
             return False
-        self._until_splice = None
+        self._until_bulk = None
         client, upstream = self.transport, self._upstream.transport
-        if splice.plain_socket(client) is None or splice.plain_socket(upstream) is None:
+        if bulk.plain_socket(client) is None or bulk.plain_socket(upstream) is None:
             return False  # half-closed or closing: stay on this path
         (upstream if client_side else client).write(data)
         for transport in (client, upstream):
@@ -124,25 +127,16 @@ class Tunnel(Protocol):
             transport.registerProducer(_Drained(self, transport), False)
 
     def _drained(self, transport: object) -> None:
-        """Once both sides sent what Twisted queued: splice, or back to copying if that cannot be."""
-        if transport in self._draining and splice.idle(transport):  # type: ignore[arg-type]
+        """Once both sides sent what Twisted queued: the bulk path, or back to Twisted's if that cannot be."""
+        if transport in self._draining and bulk.idle(transport):  # type: ignore[arg-type]
             self._draining.remove(transport)
             transport.unregisterProducer()  # type: ignore[attr-defined]
         if self._draining or self._done:
             return
         client, upstream = self.transport, self._upstream.transport
-        client_socket, upstream_socket = splice.plain_socket(client), splice.plain_socket(upstream)
-        pump, why = None, "a side is closing"
-        if client_socket is not None and upstream_socket is not None:
-            try:
-                pump = splice.Splice(
-                    self._context.reactor, client_socket, upstream_socket, self._moved_in, self._moved_out,
-                    self._splice_done,
-                )
-            except OSError as e:  # e.g. out of file descriptors for the pipes
-                why = str(e)
-        if pump is None:
-            self._log.info("tunnel {session}: not spliced ({error}); copying", session=self._session.id, error=why)
+        client_socket, upstream_socket = bulk.plain_socket(client), bulk.plain_socket(upstream)
+        if client_socket is None or upstream_socket is None:
+            self._log.debug("tunnel {session}: a side is closing; staying on Twisted's path", session=self._session.id)
             upstream.registerProducer(client, True)
             client.registerProducer(upstream, True)
             if not self._client_eof:
@@ -150,12 +144,14 @@ class Tunnel(Protocol):
             if not self._upstream_eof:
                 upstream.resumeProducing()
             return
-        self._splice = pump
-        self._log.debug("tunnel {session}: splicing from here on", session=self._session.id)
-        pump.start()
+        self._bulk = bulk.BulkPath(
+            self._context.reactor, client_socket, upstream_socket, self._moved_in, self._moved_out, self._bulk_done
+        )
+        self._log.debug("tunnel {session}: on the bulk path from here on", session=self._session.id)
+        self._bulk.start()
 
-    def _splice_done(self, reason: str | None) -> None:
-        self._splice = None
+    def _bulk_done(self, reason: str | None) -> None:
+        self._bulk = None
         if reason is None:
             self._client_eof = self._upstream_eof = True
             self._finish("closed by both sides")
@@ -164,14 +160,14 @@ class Tunnel(Protocol):
         self.transport.loseConnection()
         self._upstream.transport.loseConnection()
 
-    def _unsplice(self) -> None:
+    def _off_bulk(self) -> None:
         """Give the sockets back to Twisted before closing them its way."""
         draining, self._draining = self._draining, []
         for transport in draining:
             transport.unregisterProducer()
-        if self._splice is not None:
-            pump, self._splice = self._splice, None
-            pump.stop()
+        if self._bulk is not None:
+            path, self._bulk = self._bulk, None
+            path.stop()
 
     def readConnectionLost(self) -> None:
         self._client_eof = True
@@ -184,7 +180,7 @@ class Tunnel(Protocol):
         pass
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self._unsplice()
+        self._off_bulk()
         if not self._done:
             self._upstream.transport.loseConnection()
             self._finish("closed by client" if self._client_eof or self._upstream_eof else _describe(reason, "client"))
@@ -192,7 +188,7 @@ class Tunnel(Protocol):
     # upstream -> client
     def upstream_data(self, data: bytes) -> None:
         self._moved_out(len(data))
-        if self._until_splice is not None and self._spliced(data, client_side=False):
+        if self._until_bulk is not None and self._to_bulk(data, client_side=False):
             return
         self.transport.write(data)
         if self._draining:
@@ -206,7 +202,7 @@ class Tunnel(Protocol):
             self.transport.loseWriteConnection()
 
     def upstream_lost(self, reason: Failure) -> None:
-        self._unsplice()
+        self._off_bulk()
         if not self._done:
             self.transport.loseConnection()
             self._finish("closed by server" if self._upstream_eof or self._client_eof else _describe(reason, "server"))
@@ -214,7 +210,7 @@ class Tunnel(Protocol):
     def _timed_out(self, idle: float) -> None:
         timeout = self._context.idle_timeout
         self._log.info("tunnel {session} idle for {idle:.0f}s: closing", session=self._session.id, idle=idle)
-        self._unsplice()
+        self._off_bulk()
         self._finish(f"idle timeout ({timeout:g}s)")
         self.transport.loseConnection()
         self._upstream.transport.loseConnection()

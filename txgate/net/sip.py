@@ -55,7 +55,7 @@ class SipHandler(Tunnel):
     """
 
     _log = Logger()
-    spliceable = False  # every byte goes through the SIP reader
+    bulk_path = False  # every byte goes through the SIP reader
 
     def __init__(self, context: HandoffContext) -> None:
         super().__init__(context)

@@ -1,22 +1,27 @@
-# -*- test-case-name: tests.net.test_splice -*-
+# -*- test-case-name: tests.net.test_bulk -*-
 """
-Zero-copy tunnels on Linux: bytes move socket → pipe → socket inside the
-kernel with splice(2) instead of being copied into Python and back.
+The bulk path of a byte tunnel: bytes move socket → buffer → socket with
+C{recv_into} and C{send}, without Twisted's per-chunk work.
 
 A tunnel between two plain TCP connections starts in Twisted's usual way
 (L{txgate.net.pump.Tunnel}); once it has carried enough bytes to be a bulk
-transfer it hands both sockets to a L{Splice}, which registers its own
-descriptors with the reactor and moves each direction through a pipe. What
-Python still does per chunk is two system calls and a counter. Backpressure
-is the pipe: a direction whose destination is not writable stops reading its
-source until the pipe has drained.
+transfer it hands both sockets to a L{BulkPath}, which registers its own
+descriptors with the reactor. Per chunk of up to L{CHUNK} bytes Python does
+two system calls and a counter: no bytes object, no write buffer, no
+producer calls. Every tunnel reads into the same buffer; the part of a
+chunk a destination does not take at once is copied aside, and its source
+is not read again until that part has gone, so a tunnel holds at most one
+chunk.
+
+Why not splice(2): on loopback, where the benchmark measures, the receiving
+client then reads the origin's own pages, and that cost curl more than the
+two copies cost txgate (S1 in docs/performance.md: 0.57×–0.64× of direct
+spliced, 0.68×–0.71× copied, in runs side by side).
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
-import os
 import socket
 from typing import Any, Callable
 
@@ -25,18 +30,16 @@ from twisted.internet.interfaces import IReadWriteDescriptor
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-__all__ = ["AVAILABLE", "Splice", "plain_socket", "idle"]
+__all__ = ["BulkPath", "CHUNK", "plain_socket", "idle"]
 
-AVAILABLE = hasattr(os, "splice")
-"""splice(2) exists here (Linux, Python 3.10+)."""
-
-PIPE_SIZE = 1 << 18
-"""Bytes a direction holds in flight; also the most one splice moves."""
+CHUNK = 1 << 18
+"""The most one read takes; the size of the buffer every tunnel reads into."""
 
 ROUNDS = 4
-"""Moves per readiness event, so one bulk tunnel does not starve the others."""
+"""Chunks per readiness event, so one bulk tunnel does not starve the others."""
 
-_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
+_BUFFER = memoryview(bytearray(CHUNK))
+"""Shared: each chunk is sent before the next read, or what is left copied aside."""
 
 
 def plain_socket(transport: Any) -> socket.socket | None:
@@ -53,8 +56,8 @@ def plain_socket(transport: Any) -> socket.socket | None:
 
 def idle(transport: tcp.Connection) -> bool:
     """
-    Nothing written to C{transport} is waiting in Twisted's buffer: spliced
-    bytes would overtake it.
+    Nothing written to C{transport} is waiting in Twisted's buffer: bytes
+    sent past it would overtake it.
     """
     # FileDescriptor's write buffer; _tempDataLen has held the not-yet-joined
     # part since Twisted 8. Anything unknown counts as not idle.
@@ -63,43 +66,32 @@ def idle(transport: tcp.Connection) -> bool:
 
 
 class _Way:
-    """One direction: bytes read from C{source} wait in the pipe until C{destination} takes them."""
+    """One direction: what C{source} sends, C{destination} gets."""
 
     def __init__(self, source: "_End", destination: "_End", moved: Callable[[int], None]) -> None:
         self.source = source
         self.destination = destination
         self.moved = moved
-        self.pipe_out, self.pipe_in = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            fcntl.fcntl(self.pipe_in, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        except OSError:
-            pass  # a lower /proc/sys/fs/pipe-max-size: the default 64 KiB works too
-        self.queued = 0
+        self.held: memoryview | None = None
+        """The part of the last chunk the destination has not taken yet."""
         self.eof = False
         self.shut = False
 
     @property
     def wants_read(self) -> bool:
-        return not self.eof and self.queued < PIPE_SIZE
+        return not self.eof and self.held is None
 
     @property
     def wants_write(self) -> bool:
-        return bool(self.queued)
-
-    def close(self) -> None:
-        for fd in (self.pipe_out, self.pipe_in):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        return self.held is not None
 
 
 @implementer(IReadWriteDescriptor)
 class _End:
-    """One socket of a spliced tunnel, as the reactor sees it."""
+    """One socket of a tunnel on the bulk path, as the reactor sees it."""
 
-    def __init__(self, splice: "Splice", sock: socket.socket, side: str) -> None:
-        self._splice = splice
+    def __init__(self, path: "BulkPath", sock: socket.socket, side: str) -> None:
+        self._path = path
         self.socket = sock
         self.side = side
         self.reading = False
@@ -109,20 +101,21 @@ class _End:
         return self.socket.fileno()
 
     def logPrefix(self) -> str:
-        return f"splice ({self.side})"
+        return f"bulk ({self.side})"
 
     def doRead(self) -> None:
-        self._splice._ready(self, reading=True)
+        self._path._ready(self, reading=True)
 
     def doWrite(self) -> None:
-        self._splice._ready(self, reading=False)
+        self._path._ready(self, reading=False)
 
     def connectionLost(self, reason: Failure) -> None:
-        # The reactor gives up on a descriptor only when it shuts down.
-        self._splice._failed(self.side, reason.getErrorMessage())
+        # The reactor gives up on a descriptor on an error or hang-up
+        # without data, and when it shuts down.
+        self._path._failed(self.side, reason.getErrorMessage())
 
 
-class Splice:
+class BulkPath:
     """
     Moves bytes both ways between two connected, non-blocking sockets that
     nobody else reads or writes meanwhile.
@@ -148,11 +141,7 @@ class Splice:
         self._client = _End(self, client, "client")
         self._server = _End(self, server, "server")
         self._in = _Way(self._client, self._server, moved_in)
-        try:
-            self._out = _Way(self._server, self._client, moved_out)
-        except OSError:
-            self._in.close()
-            raise
+        self._out = _Way(self._server, self._client, moved_out)
         self._ways = (self._in, self._out)
 
     def start(self) -> None:
@@ -164,7 +153,7 @@ class Splice:
         self._register()
 
     def stop(self) -> None:
-        """Give the sockets back (idempotent): nothing registered, pipes closed."""
+        """Give the sockets back (idempotent): nothing registered, nothing held."""
         for end in (self._client, self._server):
             if end.reading:
                 self._reactor.removeReader(end)
@@ -173,7 +162,7 @@ class Splice:
                 self._reactor.removeWriter(end)
                 end.writing = False
         for way in self._ways:
-            way.close()
+            way.held = None
         self._ways = ()
 
     def _ready(self, end: _End, reading: bool) -> None:
@@ -186,42 +175,36 @@ class Splice:
 
     def _move(self, way: _Way) -> None:
         """
-        As many bytes as C{way} can take now, then a half-close once its
-        source ended. Reading goes on while the pipe has room and writing
-        while it holds bytes, so a destination that is briefly full does not
-        stop the source.
+        What C{way} holds, then up to L{ROUNDS} chunks, as far as the
+        destination takes them; then a half-close once the source ended.
         """
-        source, destination = way.source.fileno(), way.destination.fileno()
+        if way.held is not None:
+            sent = self._send(way, way.held)
+            if sent is None or sent < len(way.held):
+                if sent:
+                    way.held = way.held[sent:]
+                return
+            way.held = None
         for _ in range(ROUNDS):
-            got = 0
-            room = PIPE_SIZE - way.queued
-            if room and not way.eof:
-                try:
-                    got = os.splice(source, way.pipe_in, room, flags=_FLAGS)
-                except BlockingIOError:
-                    pass
-                except OSError as e:
-                    return self._failed(way.source.side, e.strerror or str(e))
-                else:
-                    if got:
-                        way.queued += got
-                        way.moved(got)
-                    else:
-                        way.eof = True
-            if way.queued:
-                try:
-                    sent = os.splice(way.pipe_out, destination, way.queued, flags=_FLAGS)
-                except BlockingIOError:
-                    pass
-                except OSError as e:
-                    return self._failed(way.destination.side, e.strerror or str(e))
-                else:
-                    way.queued -= sent
-            if way.queued or not got:
-                # The destination is full, or the source had nothing more
-                # (or ended): wait for epoll.
+            if way.eof:
                 break
-        if way.eof and not way.queued and not way.shut:
+            try:
+                got = way.source.socket.recv_into(_BUFFER)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                return self._failed(way.source.side, e.strerror or str(e))
+            if not got:
+                way.eof = True
+                break
+            way.moved(got)
+            sent = self._send(way, _BUFFER[:got])
+            if sent is None:
+                return
+            if sent < got:
+                way.held = memoryview(bytes(_BUFFER[sent:got]))  # the buffer is the next chunk's
+                return
+        if way.eof and not way.shut:
             way.shut = True
             try:
                 way.destination.socket.shutdown(socket.SHUT_WR)
@@ -230,6 +213,16 @@ class Splice:
                     return self._failed(way.destination.side, e.strerror or str(e))
             if all(w.shut for w in self._ways):
                 self._end(None)
+
+    def _send(self, way: _Way, data: memoryview) -> int | None:
+        """Bytes of C{data} the destination took now; C{None} once the tunnel broke."""
+        try:
+            return way.destination.socket.send(data)
+        except BlockingIOError:
+            return 0
+        except OSError as e:
+            self._failed(way.destination.side, e.strerror or str(e))
+            return None
 
     def _register(self) -> None:
         """Each socket registered for exactly what its two directions wait for."""

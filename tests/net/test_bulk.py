@@ -1,5 +1,5 @@
 """
-Tests for L{txgate.net.splice} and the tunnel's switch to it: real loopback
+Tests for L{txgate.net.bulk} and the tunnel's switch to it: real loopback
 sockets, the real reactor, bytes checked end to end.
 """
 
@@ -15,13 +15,14 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.protocol import Factory
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
 from txgate.interfaces import HandoffContext
-from txgate.net import splice
-from txgate.net.pump import SPLICE_AFTER, Tunnel
+from txgate.net import bulk
+from txgate.net.pump import BULK_AFTER, Tunnel
 from txgate.net.msturn import MsTurnRelay
 from txgate.net.upstream import Connector
 from txgate.session import Address, Session
@@ -54,17 +55,13 @@ def _send_then_drain(sock: socket.socket, payload: bytes) -> bytes:
     return b"".join(received)
 
 
-class SpliceTests(TestCase):
+class BulkPathTests(TestCase):
     """
-    L{splice.Splice} moves every byte both ways, passes half-closes on, and
+    L{bulk.BulkPath} moves every byte both ways, passes half-closes on, and
     says why when a side breaks.
     """
 
     timeout = TIMEOUT
-
-    def setUp(self) -> None:
-        if not splice.AVAILABLE:
-            raise SkipTest("splice(2) is Linux-only")
 
     def start(self) -> tuple[Any, Any, Deferred[str | None], list[int]]:
         client, client_near = _pair()
@@ -80,14 +77,14 @@ class SpliceTests(TestCase):
                 counts[index] += n
             return count
 
-        pump = splice.Splice(reactor, client_near, server_near, moved(0), moved(1), done.callback)
-        self.addCleanup(pump.stop)
-        pump.start()
+        self.path = path = bulk.BulkPath(reactor, client_near, server_near, moved(0), moved(1), done.callback)
+        self.addCleanup(path.stop)
+        path.start()
         return client, server, done, counts
 
     @inlineCallbacks
     def test_both_ways(self) -> Any:
-        """Several MiB each way arrive byte-exact and counted; both half-closes end the splice with C{None}."""
+        """Several MiB each way arrive byte-exact and counted; both half-closes end the bulk path with C{None}."""
         up, down = os.urandom(5 << 20), os.urandom(3 << 20)
         client, server, done, counts = self.start()
         at_client, at_server = yield gatherResults(
@@ -115,8 +112,49 @@ class SpliceTests(TestCase):
         self.assertIsNone((yield done))
 
     @inlineCallbacks
+    def test_slow_reader_holds_one_chunk(self) -> Any:
+        """
+        A server that stops reading: once the kernel's buffers are full the
+        client's sends are no longer taken, the path holds at most one
+        chunk and reads no more; once the server reads, every byte arrives.
+        """
+        client, server, done, counts = self.start()
+        client.setblocking(False)
+        block = os.urandom(1 << 20)
+        sent = bytearray()
+        refused = 0
+        while refused < 20:  # 20 tries in a row, 10 ms apart, with nothing taken
+            try:
+                taken = client.send(block)
+            except BlockingIOError:
+                taken = 0
+            sent += block[:taken]
+            refused = 0 if taken else refused + 1
+            self.assertLess(len(sent), 256 << 20, "the client's sends were never refused")
+            yield deferLater(reactor, 0.01, lambda: None)
+        held = self.path._in.held
+        self.assertIsNotNone(held)
+        self.assertLessEqual(len(held), bulk.CHUNK)
+        self.assertFalse(self.path._client.reading)
+        client.setblocking(True)
+        client.shutdown(socket.SHUT_WR)
+
+        def client_side() -> bytes:
+            got = client.recv(1)
+            client.close()
+            return got
+
+        at_server, at_client = yield gatherResults(
+            [deferToThread(_send_then_drain, server, b""), deferToThread(client_side)]
+        )
+        self.assertEqual((len(at_server), at_client), (len(sent), b""))
+        self.assertTrue(at_server == sent, "bytes changed on the way")
+        self.assertEqual(counts, [len(sent), 0])
+        self.assertIsNone((yield done))
+
+    @inlineCallbacks
     def test_reset(self) -> Any:
-        """A server that resets: the splice ends naming the server."""
+        """A server that resets: the bulk path ends naming the server."""
         client, server, done, _ = self.start()
         server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         server.close()
@@ -156,17 +194,15 @@ class _Finished:
         self.deferred.callback(reason)
 
 
-class TunnelSpliceTests(TestCase):
+class TunnelBulkTests(TestCase):
     """
-    A tunnel between two real TCP connections switches to splice once it
-    carried L{SPLICE_AFTER} bytes, and loses and counts nothing doing so.
+    A tunnel between two real TCP connections switches to the bulk path once
+    it carried L{BULK_AFTER} bytes, and loses and counts nothing doing so.
     """
 
     timeout = TIMEOUT
 
     def setUp(self) -> None:
-        if not splice.AVAILABLE:
-            raise SkipTest("splice(2) is Linux-only")
         self.events: list[dict[str, Any]] = []
         globalLogPublisher.addObserver(self.events.append)
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
@@ -189,7 +225,7 @@ class TunnelSpliceTests(TestCase):
         accepted = deferToThread(origin.accept)
         upstream = yield Connector(reactor).connect("127.0.0.1", origin.getsockname()[1])
         origin_sock, _ = yield accepted
-        session = Session("s-splice", "explicit", Address("127.0.0.1", 1), 0.0)
+        session = Session("s-bulk", "explicit", Address("127.0.0.1", 1), 0.0)
         finished = _Finished()
         context = HandoffContext(
             session=session, reactor=reactor, upstream=upstream, idle_timeout=60.0,
@@ -205,41 +241,41 @@ class TunnelSpliceTests(TestCase):
         return at_origin, at_client, session, reason
 
     @inlineCallbacks
-    def test_bulk_is_spliced(self) -> Any:
-        """Megabytes each way: byte-exact, counted, closed by both sides, and spliced."""
+    def test_bulk_path(self) -> Any:
+        """Megabytes each way: byte-exact, counted, closed by both sides, and on the bulk path."""
         up, down = os.urandom(4 << 20), os.urandom(6 << 20)
         at_origin, at_client, session, reason = yield self.tunnel(up, down)
         self.assertEqual(hashlib.sha256(at_origin).digest(), hashlib.sha256(up).digest())
         self.assertEqual(hashlib.sha256(at_client).digest(), hashlib.sha256(down).digest())
         self.assertEqual((session.bytes_in, session.bytes_out), (len(up), len(down)))
         self.assertEqual(reason, "closed by both sides")
-        self.assertIn("tunnel {session}: splicing from here on", [e.get("log_format") for e in self.events])
+        self.assertIn("tunnel {session}: on the bulk path from here on", [e.get("log_format") for e in self.events])
 
     @inlineCallbacks
-    def test_small_is_not_spliced(self) -> Any:
-        """A tunnel that stays under the threshold never makes pipes."""
-        up, down = os.urandom(SPLICE_AFTER // 4), os.urandom(SPLICE_AFTER // 4)
+    def test_small_stays(self) -> Any:
+        """A tunnel that stays under the threshold stays on Twisted's path."""
+        up, down = os.urandom(BULK_AFTER // 4), os.urandom(BULK_AFTER // 4)
         at_origin, at_client, _, reason = yield self.tunnel(up, down)
         self.assertEqual((at_origin, at_client), (up, down))
         self.assertEqual(reason, "closed by both sides")
-        self.assertNotIn("tunnel {session}: splicing from here on", [e.get("log_format") for e in self.events])
+        self.assertNotIn("tunnel {session}: on the bulk path from here on", [e.get("log_format") for e in self.events])
 
     @inlineCallbacks
-    def test_reset_while_spliced(self) -> Any:
-        """An origin that resets once the tunnel is spliced ends it naming the server; the client is closed."""
-        spliced = threading.Event()
+    def test_reset_on_bulk_path(self) -> Any:
+        """An origin that resets once the tunnel is on the bulk path ends it naming the server; the client is closed."""
+        switched = threading.Event()
 
         def watch(event: dict[str, Any]) -> None:
-            if event.get("log_format") == "tunnel {session}: splicing from here on":
-                spliced.set()
+            if event.get("log_format") == "tunnel {session}: on the bulk path from here on":
+                switched.set()
 
         globalLogPublisher.addObserver(watch)
         self.addCleanup(globalLogPublisher.removeObserver, watch)
 
         def send_then_reset(sock: socket.socket, payload: bytes) -> bytes:
-            sock.sendall(payload)  # past SPLICE_AFTER
-            if not spliced.wait(TIMEOUT / 2):
-                raise AssertionError("the tunnel never switched to splice")
+            sock.sendall(payload)  # past BULK_AFTER
+            if not switched.wait(TIMEOUT / 2):
+                raise AssertionError("the tunnel never switched to the bulk path")
             sock.sendall(payload)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             sock.close()  # a reset, not a FIN
@@ -264,10 +300,10 @@ class TunnelSpliceTests(TestCase):
             self.assertEqual(reason, "closed by both sides")
 
     @inlineCallbacks
-    def test_observed_relay_not_spliced(self) -> Any:
-        """The MS-TURN relay reads every byte it relays (its observer), so it never splices."""
+    def test_observed_relay_stays(self) -> Any:
+        """The MS-TURN relay reads every byte it relays (its observer), so it never takes the bulk path."""
         up, down = os.urandom(2 << 20), os.urandom(2 << 20)
         at_origin, at_client, session, reason = yield self.tunnel(up, down, handler=MsTurnRelay)
         self.assertEqual((at_origin, at_client), (up, down))
         self.assertEqual((session.bytes_in, session.bytes_out), (len(up), len(down)))
-        self.assertNotIn("tunnel {session}: splicing from here on", [e.get("log_format") for e in self.events])
+        self.assertNotIn("tunnel {session}: on the bulk path from here on", [e.get("log_format") for e in self.events])
