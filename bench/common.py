@@ -25,7 +25,7 @@ from typing import Any, Callable
 from txgate.testing import make_ca, make_server_cert, write_pem
 
 __all__ = [
-    "BenchError", "Children", "HERE", "LOOPBACK", "RESULTS", "SBIN_PATH", "accepts", "child_env", "cpu_ms",
+    "BenchError", "Children", "CpuCaps", "HERE", "LOOPBACK", "RESULTS", "SBIN_PATH", "accepts", "child_env", "cpu_ms",
     "free_port", "make_ca", "make_server_cert", "process_tree", "recv_head", "rss_kb", "raise_nofile",
     "start_server", "tail", "tool_version", "validity", "wait_listening", "which", "write_pem",
 ]
@@ -151,6 +151,93 @@ def machine_busy_ms() -> float:
     with open("/proc/stat") as f:
         values = [int(v) for v in f.readline().split()[1:]]
     return (sum(values) - values[3] - values[4]) * 1000 / CLK_TCK
+
+
+class CpuCaps:
+    """
+    Holds processes to C{share} of a core each, every one in a cgroup of its
+    own (cgroup v1's C{cpu} controller, else v2's C{cpu.max}): on a machine
+    of two cores, this leaves the load generator the rest, as a machine with
+    more cores would. Needs root; L{unavailable} says why not otherwise.
+
+    The quota is the kernel's least, 1 ms, in a period of 1 ms / C{share}: a
+    capped process waits at most a few milliseconds for its next share. (A
+    10 ms period held one worker for 6.5 ms at a time, long enough to cost it
+    a quarter more CPU per request once four clients waited on it.)
+    """
+
+    QUOTA_US = 1000
+
+    V1 = "/sys/fs/cgroup/cpu"
+    V2 = "/sys/fs/cgroup"
+
+    def __init__(self, share: float) -> None:
+        if not 0 < share <= 1:
+            raise ValueError(f"a share of a core is in (0, 1], not {share}")
+        self.share = share
+        self.period_us = round(self.QUOTA_US / share)
+        self.groups: list[str] = []
+
+    @classmethod
+    def _hierarchy(cls) -> tuple[str, bool] | None:
+        """Where to make the cgroups, and whether that is cgroup v1."""
+        if os.path.exists(os.path.join(cls.V1, "cpu.cfs_quota_us")):
+            return cls.V1, True
+        try:
+            with open(os.path.join(cls.V2, "cgroup.controllers")) as f:
+                if "cpu" in f.read().split():
+                    return cls.V2, False
+        except OSError:
+            pass
+        return None
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """Why processes cannot be capped here, or C{None}."""
+        if os.geteuid() != 0:
+            return "capping CPU takes root (cgroups)"
+        if cls._hierarchy() is None:
+            return f"no cgroup cpu controller ({cls.V1} or cpu.max under {cls.V2})"
+        return None
+
+    def cap(self, pid: int) -> None:
+        """Move C{pid} into a new cgroup capped at L{share} of a core."""
+        hierarchy = self._hierarchy()
+        if hierarchy is None:
+            raise BenchError(self.unavailable() or "no cgroup cpu controller")
+        root, v1 = hierarchy
+        if not v1:
+            with open(os.path.join(root, "cgroup.subtree_control"), "w") as f:
+                f.write("+cpu")
+        group = os.path.join(root, f"txgate-bench-{os.getpid()}-{len(self.groups)}")
+        os.mkdir(group)
+        self.groups.append(group)
+        if v1:
+            for name, value in (("cpu.cfs_period_us", self.period_us), ("cpu.cfs_quota_us", self.QUOTA_US)):
+                with open(os.path.join(group, name), "w") as f:
+                    f.write(str(value))
+        else:
+            with open(os.path.join(group, "cpu.max"), "w") as f:
+                f.write(f"{self.QUOTA_US} {self.period_us}")
+        with open(os.path.join(group, "cgroup.procs"), "w") as f:
+            f.write(str(pid))
+
+    def release(self) -> None:
+        """Remove the cgroups, once their processes have exited."""
+        for group in self.groups:
+            deadline = time.monotonic() + STOP_GRACE
+            while True:
+                try:
+                    os.rmdir(group)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        print(f"bench: could not remove {group}", file=sys.stderr)
+                        break
+                    time.sleep(0.1)
+        self.groups = []
 
 
 def cpu_ms(pid: int) -> float:

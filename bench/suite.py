@@ -22,7 +22,10 @@ Scenarios (bench/README.md has the details):
 - S5 memory per idle intercepted TLS connection: 2,000 connections held
   open, (RSS after - before) / N over the proxy's processes.
 - S6 policy decision cost, 10 and 10,000 rules (bench/policy_decisions.py).
-- S7 txgate C{--workers 2} against C{--workers 1}, S2's loop.
+- S7 txgate C{--workers 2} against C{--workers 1}, S2's loop; then again
+  with each worker held to L{S7_CAP} of a core (cgroups) and
+  L{S7_CAP_CLIENTS} clients, so that the workers and the clients fit on
+  two cores, as the target's "client with a core of its own" needs.
 
 The proxy's CPU time is utime + stime of its processes, children included,
 from /proc. The clients and the proxy share the machine, so on two cores
@@ -51,8 +54,8 @@ import time
 from typing import Any, Callable
 
 from common import (
-    HERE, IO_TIMEOUT, LOOPBACK, NGINX_TEMP_PATHS, SBIN_PATH, Tally, BenchError, Children, child_env, connect, cpu_ms,
-    machine_busy_ms, make_ca, make_server_cert,
+    HERE, IO_TIMEOUT, LOOPBACK, NGINX_TEMP_PATHS, SBIN_PATH, Tally, BenchError, Children, CpuCaps, child_env, connect,
+    cpu_ms, machine_busy_ms, make_ca, make_server_cert, process_tree,
     raise_nofile, read_response, clean_up, report, rss_kb, start_server, tail, tool_version, validity, venv_twistd, write_pem,
 )
 
@@ -74,6 +77,13 @@ MAX_ERRORS = 20  # failed requests after which a client process stops
 WARMUP = 5  # requests through the proxy before measuring (the first mints)
 S3_NAMES_PER_RUN = 6000  # host names one S3 run may use; a client stops when out of names
 S5_CONNECTIONS = 2000
+S7_CAP = 0.35
+"""
+S7's capped rows hold each worker to this share of a core: two workers
+(0.7), two clients' CPU per request and the origin's then fit on two cores.
+"""
+S7_CAP_CLIENTS = 4
+"""Client processes in S7's capped rows: two keep one capped worker busy, not two."""
 S5_CONCURRENCY = 50  # S5 handshakes in flight at once
 S5_DEADLINE = 240.0  # seconds to open all S5 connections
 S5_SETTLE = 2.0  # seconds between the last S5 handshake and reading RSS
@@ -695,8 +705,41 @@ def scenario_s3(ctx: Context, name: str) -> dict[str, Any]:
 
 
 def scenario_s7(ctx: Context, name: str) -> dict[str, Any]:
-    workers = int(name.rsplit("-", 1)[1])
-    return scenario_s2(ctx, "txgate", workers=workers)
+    workers = int(name.split("-")[1])
+    if not name.endswith("-capped"):
+        return scenario_s2(ctx, "txgate", workers=workers)
+    why = CpuCaps.unavailable()
+    if why:
+        raise Unavailable(why)
+    caps = CpuCaps(S7_CAP)
+    try:
+        running = ctx.start("txgate", intercept=True, workers=workers)
+        for pid in _worker_pids(running, workers):
+            caps.cap(pid)
+        _warm(running, ctx, S2_NAME)
+        same = lambda c: [S2_NAME] * MAX_REQUESTS  # noqa: E731
+        with multiprocessing.get_context("fork").Pool(S7_CAP_CLIENTS) as pool:
+            rows = [measure_requests(pool, S7_CAP_CLIENTS, running.port, same, ctx.origin.port, running.client_ca,
+                                     ctx.args.seconds, running.pid) for _ in range(ctx.args.repeat)]
+        result = median_row(rows, REQUEST_KEYS)
+        _check_alive(running, result)
+    finally:
+        ctx.candidate_children.stop_all()
+        caps.release()
+    result["cap"] = f"each worker {S7_CAP:g} of a core (1 ms every {caps.period_us} us), {S7_CAP_CLIENTS} clients"
+    return result
+
+
+def _worker_pids(running: Running, workers: int) -> list[int]:
+    """The worker processes of a txgate started with C{--workers N} (its master's children)."""
+    deadline = time.monotonic() + 10.0
+    while True:
+        pids = [pid for pid in process_tree(running.pid) if pid != running.pid]
+        if len(pids) == workers:
+            return pids
+        if time.monotonic() > deadline:
+            raise BenchError(f"txgate --workers {workers}: found {len(pids)} worker processes")
+        time.sleep(0.1)
 
 
 # ---------------------------------------------------------------- S5
@@ -927,7 +970,7 @@ SCENARIO_CANDIDATES: dict[str, tuple[str, ...]] = {
     "S4": REVERSE,
     "S5": FORWARD,
     "S6": ("txgate",),
-    "S7": ("txgate-1", "txgate-2"),
+    "S7": ("txgate-1", "txgate-2", "txgate-1-capped", "txgate-2-capped"),
 }
 
 RUNNERS: dict[str, Callable[[Context, str], dict[str, Any]]] = {
@@ -942,7 +985,7 @@ TITLES = {
     "S4": "reverse proxy, TLS both sides (bench/reverse.py; ratio of req/s to haproxy)",
     "S5": "memory per idle intercepted TLS connection",
     "S6": "policy decision cost (bench/policy_decisions.py)",
-    "S7": "txgate --workers 2 vs --workers 1, S2's loop",
+    "S7": "txgate --workers 2 vs --workers 1, S2's loop (capped: each worker held to a share of a core)",
 }
 
 
@@ -1067,14 +1110,17 @@ def print_table(results: dict[str, Any]) -> None:
                     f" {_f(r['rss_before_kb'], '.0f'):>13} {_f(r['rss_after_kb'], '.0f'):>12} {r['errors']:>6}")
             continue
         ref_name = "txgate-1" if scenario == "S7" else "squid"
-        base = rows.get(ref_name, {}).get("requests_per_second")
-        out(f"  {'candidate':<10} {'req/s':>8} {'CPU-ms/req':>10} {'CPU %':>6} {'p50 ms':>7} {'p99 ms':>7}"
+        width = max(10, *(len(name) for name in rows))
+        out(f"  {'candidate':<{width}} {'req/s':>8} {'CPU-ms/req':>10} {'CPU %':>6} {'p50 ms':>7} {'p99 ms':>7}"
             f" {'vs ' + ref_name:>12} {'errors':>6} {'client ms':>9} {'busy %':>6}")
         for name, r in rows.items():
             if r.get("status") != "ok":
-                out(f"  {name:<10} {r['status']} ({_why(r)})")
+                out(f"  {name:<{width}} {r['status']} ({_why(r)})")
                 continue
-            out(f"  {name:<10} {_f(r['requests_per_second'], '.0f'):>8} {_f(r.get('cpu_ms_per_request'), '.2f'):>10}"
+            # S7's capped rows compare with the capped single worker.
+            ref = ref_name + ("-capped" if name.endswith("-capped") else "")
+            base = rows.get(ref, {}).get("requests_per_second")
+            out(f"  {name:<{width}} {_f(r['requests_per_second'], '.0f'):>8} {_f(r.get('cpu_ms_per_request'), '.2f'):>10}"
                 f" {_f(r.get('cpu_percent'), '.0f'):>6} {_f(r['p50_ms'], '.2f'):>7} {_f(r['p99_ms'], '.2f'):>7}"
                 f" {_ratio(r['requests_per_second'], base):>12} {r['errors']:>6}"
                 f" {_f(r.get('client_cpu_ms_per_request'), '.2f'):>9} {_f(r.get('machine_busy_percent'), '.0f'):>6}")
@@ -1089,10 +1135,11 @@ def print_table(results: dict[str, Any]) -> None:
                 notes.append(f"{scenario} {name}: {r['note']}")
             if r.get("error"):
                 notes.append(f"{scenario} {name}: {r['error']}")
-    if "S7" in results["scenarios"] and (results["cpus"] or 0) < 3:
+    if "S7" in results["scenarios"]:
         notes.append(f"S7: the target (2 workers >= 1.7x one) assumes the clients have a core of their own; with"
-                     f" {results['cpus']} CPU(s) the two workers and the clients share them, so compare CPU-ms/req"
-                     " (equal figures: a second worker adds no cost per request)")
+                     f" {results['cpus']} CPU(s) the uncapped rows share them with the clients. The capped rows hold"
+                     f" each worker to {S7_CAP:g} of a core (cgroups) with {S7_CAP_CLIENTS} clients, so that"
+                     " workers, clients and origin fit: compare txgate-2-capped with txgate-1-capped")
     if notes:
         out("\nnotes:")
         for n in notes:
