@@ -79,8 +79,8 @@ S3_NAMES_PER_RUN = 6000  # host names one S3 run may use; a client stops when ou
 S5_CONNECTIONS = 2000
 S7_CAP = 0.35
 """
-S7's capped rows hold each worker to this share of a core: two workers
-(0.7), two clients' CPU per request and the origin's then fit on two cores.
+S7's capped rows hold each worker to this share of a core: two capped
+workers (0.7 of a core), the clients and the origin then fit on two cores.
 """
 S7_CAP_CLIENTS = 4
 """Client processes in S7's capped rows: two keep one capped worker busy, not two."""
