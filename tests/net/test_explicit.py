@@ -177,23 +177,27 @@ class ForwardingTests(SynchronousTestCase):
         self.assertFalse(client.disconnecting)
         self.assertEqual(h.records.events[0]["status"], 200)
 
+    def _second_on_pooled(self, h: _Harness) -> tuple[StringTransport, Any]:
+        """A client whose second GET went on the connection its first was answered on."""
+        proxy, client = h.client()
+        proxy.dataReceived(GET)
+        upstream = h.connector.pending[0].succeed()
+        upstream.dataReceived(OK)
+        proxy.dataReceived(GET)
+        return client, upstream
+
     def test_stale_pooled_connection_retried(self) -> None:
         """
         When a pooled connection turns out closed before any response byte, an
         idempotent request is sent again on a new connection.
         """
         h = _Harness()
-        proxy, client = h.client()
-        proxy.dataReceived(GET)
-        upstream = h.connector.pending[0].succeed()
-        upstream.dataReceived(OK)
-        proxy.dataReceived(GET)
+        client, upstream = self._second_on_pooled(h)
         upstream.connectionLost(Failure(error.ConnectionLost()))
         self.assertEqual(len(h.connector.pending), 2)
         fresh = h.connector.pending[1].succeed()
         fresh.dataReceived(OK)
         self.assertEqual(client.value().count(b"HTTP/1.1 200 OK"), 2)
-
 
     def test_stale_pooled_connection_eof_then_lost(self) -> None:
         """
@@ -202,11 +206,7 @@ class ForwardingTests(SynchronousTestCase):
         close-delimited response then ends with its close.
         """
         h = _Harness()
-        proxy, client = h.client()
-        proxy.dataReceived(GET)
-        upstream = h.connector.pending[0].succeed()
-        upstream.dataReceived(OK)
-        proxy.dataReceived(GET)
+        client, upstream = self._second_on_pooled(h)
         upstream.readConnectionLost()
         fresh = h.connector.pending[1].succeed()
         upstream.connectionLost(Failure(error.ConnectionDone()))

@@ -610,7 +610,6 @@ class Framing:
 _NO_BODY_STATUSES = frozenset({204, 304})
 
 
-
 def frame_response(request: RequestHead, status: int, reason: bytes, headers: Headers) -> Framing:
     """
     Frame a final response to C{request} for the client.

@@ -647,7 +647,7 @@ class _Exchange(ServerResponse):
         if self._upstream is not None:
             self._upstream.transport.loseConnection()
         self._transaction.log(
-            self._transaction_status(), "allow", "client closed the connection before the response was complete"
+            self._status, "allow", "client closed the connection before the response was complete"
         )
 
     def timed_out(self, reason: str) -> None:
@@ -750,9 +750,6 @@ class _Exchange(ServerResponse):
         self._upstream.transport.loseConnection()
         self._proxy.error(self._transaction, 502, reason)
 
-    def _transaction_status(self) -> int | None:
-        return getattr(self, "_status", None)
-
     def _unregister(self) -> None:
         if self._registered:
             self._registered = False
@@ -771,7 +768,7 @@ class _Exchange(ServerResponse):
             self._upstream.transport.abortConnection()
         self._proxy._closing = True
         self._proxy.transport.abortConnection()
-        self._transaction.log(self._transaction_status(), "allow", reason)
+        self._transaction.log(self._status, "allow", reason)
 
     def _finish(self) -> None:
         self._finished = True
@@ -781,13 +778,13 @@ class _Exchange(ServerResponse):
         assert upstream is not None and body is not None
         upstream.exchanges += 1
         target = self._target
-        self._transaction.log(self._transaction_status(), "allow")
+        self._transaction.log(self._status, "allow")
         # Reused only once both messages ended where their framing said,
         # and the server keeps the connection (BodyReader.reusable).
         reusable_upstream = self._request_done and body.reusable
         if self._proxy.pinned:
             if reusable_upstream:
-                authenticating = connection_auth(self._request.headers, self._transaction_status(), self._response_headers)
+                authenticating = connection_auth(self._request.headers, self._status, self._response_headers)
                 self._proxy.keep_upstream(upstream, authenticating)
             else:
                 upstream.transport.loseConnection()

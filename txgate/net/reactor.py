@@ -7,8 +7,8 @@ Twisted's C{doPoll} hands every event through L{twisted.python.log.callWithLogge
 which asks the connection for its log prefix, builds a context dictionary
 and pushes it on the context stack, so that legacy C{log.msg} lines written
 while the event is handled name the connection. That is about 2 us per
-event: two events per kept-alive reverse request, about 4% of its CPU
-(docs/performance.md). txgate logs with L{twisted.logger} events that carry
+event, two events per kept-alive reverse request: without it, S4a went
+from 0.122 to 0.113 CPU-ms per request (docs/performance.md). txgate logs with L{twisted.logger} events that carry
 their own fields; an exception escaping a connection's C{doRead} is still
 logged, with its traceback (by C{_doReadOrWrite}), only without the
 connection's prefix.
